@@ -1,0 +1,1296 @@
+/*
+ * kv_engine.c — the storage engine: segments + keydir + recovery.
+ *
+ * Owns: the LOCK fd, the active segment's fd and tail buffer, the table of
+ * segments (sealed ones mapped read-only on demand, at most
+ * max_mapped_segments at a time), and the keydir.
+ *
+ * Invariants (asserts refer to them by number):
+ *  1. The keydir points at the newest committed record of every live key;
+ *     "newer" is (segment id, offset) order, which recovery replays.
+ *  2. Only the active segment is ever written, and only by appending; its
+ *     file holds bytes [0, wbuf_off) and the tail buffer [wbuf_off, size).
+ *  3. A segment that existed before open is never appended to: open always
+ *     creates a new active segment with a higher id.
+ *  4. seg->live is the sum of the sizes of the records the keydir points
+ *     at in that segment; dead = size - header - live.
+ *  5. After a failed write or fsync of the active segment, `failed` is set
+ *     and every later write returns KV_EREADONLY until the engine is
+ *     reopened; nothing retries an fsync.
+ *  6. A sealed segment was fdatasync'ed before the segment after it got
+ *     its first record, and the directory was fsynced after each create.
+ */
+#include "kv_engine.h"
+
+#include "kv_format.h"
+#include "kv_keydir.h"
+#include "kv_seg.h"
+#include "kv_sys.h"
+
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FLUSH_AT (1u << 20)      /* write the tail buffer out past 1 MiB */
+#define WBUF_KEEP (8u << 20)     /* shrink an idle tail buffer above this */
+
+struct seg {
+	uint32_t id;
+	int active;
+	int has_hint;
+	uint64_t size; /* bytes including header (and tail buffer when active) */
+	uint64_t live;
+	uint8_t *map;  /* sealed: whole file mapped read-only, or NULL */
+	size_t maplen;
+	uint64_t lru;
+};
+
+struct kv_engine {
+	char *dir;
+	struct kv_options opt;
+	int lock_fd;
+	kv_keydir *kd;
+
+	struct seg **segs; /* ascending id */
+	size_t nsegs, capsegs;
+	struct seg *active;
+	int active_fd;
+
+	uint8_t *wbuf; /* tail buffer of the active segment (invariant 2) */
+	size_t wlen, wcap;
+	uint64_t wbuf_off;
+	uint64_t unsynced;
+	int dir_dirty; /* a file was created since the last directory fsync */
+
+	uint64_t seq;
+	unsigned nmapped;
+	uint64_t lru_clock;
+	unsigned iters; /* open iterators: no segment is deleted meanwhile */
+
+	int failed;
+	char failed_reason[256];
+
+	uint64_t n_syncs, n_puts, n_dels, n_gets, n_batches;
+};
+
+/* --- small helpers -------------------------------------------------------------------- */
+
+const char *kv_strerror(int rc)
+{
+	switch (rc) {
+	case 0:
+		return "success";
+	case KV_ENOTFOUND:
+		return "key not found";
+	case KV_ETOOBIG:
+		return "key or value too large";
+	case KV_EBADKEY:
+		return "empty key";
+	case KV_ECORRUPT:
+		return "data corruption: checksum mismatch";
+	case KV_ELOCKED:
+		return "data directory is locked by another process";
+	case KV_EVERSION:
+		return "unknown on-disk format version";
+	case KV_EREADONLY:
+		return "read-only after an I/O error";
+	case KV_EBUSY:
+		return "a merge is already running";
+	default:
+		return rc < 0 && rc > -4096 ? strerror(-rc) : "unknown error";
+	}
+}
+
+void kv_options_init(struct kv_options *o)
+{
+	memset(o, 0, sizeof *o);
+	o->max_segment_size = 256ull << 20;
+	o->max_mapped_segments = 256;
+}
+
+void kv_buf_free(struct kv_buf *b)
+{
+	free(b->data);
+	memset(b, 0, sizeof *b);
+}
+
+static int buf_reserve(struct kv_buf *b, size_t n)
+{
+	if (n <= b->cap)
+		return 0;
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap < n)
+		cap *= 2;
+	char *d = realloc(b->data, cap);
+	if (!d)
+		return -ENOMEM;
+	b->data = d;
+	b->cap = cap;
+	return 0;
+}
+
+__attribute__((format(printf, 3, 4))) static void elog(kv_engine *e, int level, const char *fmt,
+						       ...)
+{
+	if (!e->opt.log)
+		return;
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	e->opt.log(e->opt.log_arg, level, msg);
+}
+
+__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t n, const char *fmt, ...)
+{
+	if (!err || !n)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, n, fmt, ap);
+	va_end(ap);
+}
+
+static uint64_t now_s(const kv_engine *e)
+{
+	return e->opt.clock ? e->opt.clock(e->opt.clock_arg) : (uint64_t)time(NULL);
+}
+
+static void fail(kv_engine *e, int rc, const char *what)
+{
+	if (e->failed)
+		return;
+	e->failed = rc;
+	snprintf(e->failed_reason, sizeof e->failed_reason, "%s: %s", what, kv_strerror(rc));
+	elog(e, KV_LOG_ERROR, "engine is now read-only: %s", e->failed_reason);
+}
+
+int kv_engine_readonly(const kv_engine *e)
+{
+	return e->failed != 0;
+}
+
+const char *kv_engine_readonly_reason(const kv_engine *e)
+{
+	return e->failed ? e->failed_reason : "";
+}
+
+/* --- segment table ----------------------------------------------------------------------- */
+
+static struct seg *seg_find(const kv_engine *e, uint32_t id)
+{
+	if (e->active && e->active->id == id)
+		return e->active;
+	size_t lo = 0, hi = e->nsegs;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (e->segs[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < e->nsegs && e->segs[lo]->id == id ? e->segs[lo] : NULL;
+}
+
+/* Insert keeping ascending ids. */
+static int seg_add(kv_engine *e, struct seg *s)
+{
+	if (e->nsegs == e->capsegs) {
+		size_t cap = e->capsegs ? e->capsegs * 2 : 16;
+		struct seg **n = realloc(e->segs, cap * sizeof *n);
+		if (!n)
+			return -ENOMEM;
+		e->segs = n;
+		e->capsegs = cap;
+	}
+	size_t i = e->nsegs;
+	while (i > 0 && e->segs[i - 1]->id > s->id) {
+		e->segs[i] = e->segs[i - 1];
+		i--;
+	}
+	e->segs[i] = s;
+	e->nsegs++;
+	return 0;
+}
+
+static void seg_unmap(kv_engine *e, struct seg *s)
+{
+	if (s->map) {
+		munmap(s->map, s->maplen);
+		s->map = NULL;
+		s->maplen = 0;
+		e->nmapped--;
+	}
+}
+
+/* Map a sealed segment, evicting the least recently used mapping when the
+ * cache is full. */
+static int seg_map(kv_engine *e, struct seg *s)
+{
+	char path[PATH_MAX];
+	if (s->map) {
+		s->lru = ++e->lru_clock;
+		return 0;
+	}
+	if (e->nmapped >= e->opt.max_mapped_segments) {
+		struct seg *victim = NULL;
+		for (size_t i = 0; i < e->nsegs; i++)
+			if (e->segs[i]->map && (!victim || e->segs[i]->lru < victim->lru))
+				victim = e->segs[i];
+		if (victim)
+			seg_unmap(e, victim);
+	}
+	kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
+	int rc = kv_map_file(path, &s->map, &s->maplen);
+	if (rc)
+		return rc;
+	if (s->map)
+		e->nmapped++;
+	s->lru = ++e->lru_clock;
+	return 0;
+}
+
+/* --- reading --------------------------------------------------------------------------------- */
+
+/*
+ * Read and check the record at loc into b (b->data holds the whole record).
+ * On success *r describes it, pointing into b->data or into a mapping.
+ */
+static int read_record(kv_engine *e, const struct kv_loc *loc, struct kv_buf *b, struct kv_rec *r)
+{
+	struct seg *s = seg_find(e, loc->seg);
+	const uint8_t *p;
+	if (!s)
+		return KV_ECORRUPT;
+	if (s->active) {
+		if (loc->off >= e->wbuf_off) {
+			p = e->wbuf + (loc->off - e->wbuf_off);
+		} else {
+			int rc = buf_reserve(b, loc->size);
+			if (rc)
+				return rc;
+			rc = kv_pread_all(e->active_fd, b->data, loc->size, loc->off);
+			if (rc)
+				return rc == -ENODATA ? KV_ECORRUPT : rc;
+			p = (const uint8_t *)b->data;
+		}
+	} else {
+		int rc = seg_map(e, s);
+		if (rc)
+			return rc;
+		if ((uint64_t)loc->off + loc->size > s->maplen)
+			return KV_ECORRUPT;
+		p = s->map + loc->off;
+	}
+	if (kv_rec_decode(p, loc->size, r) != KV_DEC_OK || r->size != loc->size ||
+	    r->type != KV_REC_PUT)
+		return KV_ECORRUPT;
+	return 0;
+}
+
+static int check_key(size_t klen)
+{
+	if (klen == 0)
+		return KV_EBADKEY;
+	if (klen > KV_MAX_KEY)
+		return KV_ETOOBIG;
+	return 0;
+}
+
+static int expired(const kv_engine *e, uint32_t expiry)
+{
+	return expiry && expiry <= now_s(e);
+}
+
+int kv_engine_get(kv_engine *e, const void *key, size_t klen, struct kv_buf *out,
+		  uint64_t *expires_at)
+{
+	struct kv_loc loc;
+	struct kv_rec r;
+	int rc = check_key(klen);
+	if (rc)
+		return rc;
+	e->n_gets++;
+	if (!kv_keydir_get(e->kd, key, klen, &loc) || expired(e, loc.expiry))
+		return KV_ENOTFOUND;
+	if ((rc = read_record(e, &loc, out, &r)) != 0) {
+		if (rc == KV_ECORRUPT)
+			elog(e, KV_LOG_ERROR, "record of segment %u at offset %u fails its checksum",
+			     loc.seg, loc.off);
+		return rc;
+	}
+	if (r.klen != klen || memcmp(r.key, key, klen) != 0)
+		return KV_ECORRUPT;
+	if ((rc = buf_reserve(out, r.vlen ? r.vlen : 1)) != 0)
+		return rc;
+	memmove(out->data, r.value, r.vlen); /* r.value may point into out->data */
+	out->len = r.vlen;
+	if (expires_at)
+		*expires_at = loc.expiry;
+	return 0;
+}
+
+/* --- writing --------------------------------------------------------------------------------- */
+
+int kv_engine_flush(kv_engine *e)
+{
+	if (e->failed)
+		return KV_EREADONLY;
+	if (e->wlen == 0)
+		return 0;
+	int rc = kv_write_all(e->active_fd, e->wbuf, e->wlen);
+	if (rc) {
+		fail(e, rc, "write to the active segment");
+		return rc;
+	}
+	e->wbuf_off += e->wlen;
+	e->wlen = 0;
+	if (e->wcap > WBUF_KEEP) {
+		free(e->wbuf);
+		e->wbuf = NULL;
+		e->wcap = 0;
+	}
+	return 0;
+}
+
+int kv_engine_sync(kv_engine *e)
+{
+	int rc = kv_engine_flush(e);
+	if (rc)
+		return rc;
+	if (e->unsynced == 0 && !e->dir_dirty)
+		return 0;
+	if ((rc = kv_fdatasync(e->active_fd)) != 0) {
+		fail(e, rc, "fdatasync of the active segment");
+		return rc;
+	}
+	e->n_syncs++;
+	if (e->dir_dirty) {
+		if ((rc = kv_fsync_dir(e->dir)) != 0) {
+			fail(e, rc, "fsync of the data directory");
+			return rc;
+		}
+		e->dir_dirty = 0;
+	}
+	e->unsynced = 0;
+	return 0;
+}
+
+uint64_t kv_engine_unsynced(const kv_engine *e)
+{
+	return e->unsynced + (e->dir_dirty ? 1 : 0);
+}
+
+static int wbuf_reserve(kv_engine *e, size_t more)
+{
+	if (e->wlen + more <= e->wcap)
+		return 0;
+	size_t cap = e->wcap ? e->wcap : (1u << 16);
+	while (cap < e->wlen + more)
+		cap *= 2;
+	uint8_t *n = realloc(e->wbuf, cap);
+	if (!n)
+		return -ENOMEM;
+	e->wbuf = n;
+	e->wcap = cap;
+	return 0;
+}
+
+/* The hint file of a sealed segment: the newest record of each key in it
+ * (the one the keydir points at) and every tombstone of a key that is now
+ * absent. Computed right at sealing, before any write to another segment,
+ * so it describes exactly what a scan of this segment would give. */
+struct hint_ctx {
+	kv_engine *e;
+	struct seg *s;
+	struct kv_hint_buf hb;
+};
+
+static int hint_cb(void *arg, uint32_t off, const struct kv_rec *r)
+{
+	struct hint_ctx *h = arg;
+	struct kv_loc loc;
+	int live = kv_keydir_get(h->e->kd, r->key, r->klen, &loc);
+	if (r->type == KV_REC_PUT) {
+		if (!live || loc.seg != h->s->id || loc.off != off)
+			return 0;
+		return kv_hint_add(&h->hb, r->seq, r->expiry, r->key, r->klen, 0, off, r->size);
+	}
+	if (r->type == KV_REC_DEL && !live)
+		return kv_hint_add(&h->hb, r->seq, 0, r->key, r->klen, KV_HF_TOMBSTONE, off,
+				   r->size);
+	return 0;
+}
+
+static int write_hint(kv_engine *e, struct seg *s, int repair)
+{
+	struct hint_ctx h = {.e = e, .s = s};
+	struct kv_scan_result res;
+	int rc = seg_map(e, s);
+	if (rc)
+		return rc;
+	if ((rc = kv_hint_begin(&h.hb, s->id)) != 0)
+		return rc;
+	rc = kv_seg_scan(s->map, s->maplen, repair, hint_cb, &h, &res);
+	if (rc == 0 && res.bad && !repair)
+		rc = KV_ECORRUPT;
+	if (rc) {
+		kv_hint_abort(&h.hb);
+		return rc;
+	}
+	if ((rc = kv_hint_commit(&h.hb, e->dir, s->id)) == 0)
+		s->has_hint = 1;
+	return rc;
+}
+
+static int open_active(kv_engine *e, uint32_t id)
+{
+	struct seg *s = calloc(1, sizeof *s);
+	if (!s)
+		return -ENOMEM;
+	int fd = kv_seg_create(e->dir, id, now_s(e));
+	if (fd < 0) {
+		free(s);
+		return fd;
+	}
+	s->id = id;
+	s->active = 1;
+	s->size = KV_SEG_HDR;
+	int rc = seg_add(e, s);
+	if (rc) {
+		kv_close(fd);
+		free(s);
+		return rc;
+	}
+	e->active = s;
+	e->active_fd = fd;
+	e->wbuf_off = KV_SEG_HDR;
+	e->wlen = 0;
+	return 0;
+}
+
+/* Seal the active segment and open id next_id as the new one
+ * (invariant 6). Any failure is fatal to further writes. */
+static int rotate(kv_engine *e, uint32_t next_id)
+{
+	struct seg *s = e->active;
+	int rc = kv_engine_flush(e);
+	if (rc)
+		return rc;
+	if ((rc = kv_fdatasync(e->active_fd)) != 0) {
+		fail(e, rc, "fdatasync of the segment being sealed");
+		return rc;
+	}
+	e->n_syncs++;
+	e->unsynced = 0;
+	kv_close(e->active_fd);
+	e->active_fd = -1;
+	s->active = 0;
+	e->active = NULL;
+	if ((rc = write_hint(e, s, 0)) != 0)
+		elog(e, KV_LOG_WARN, "segment %u sealed without a hint file (%s); it will be scanned",
+		     s->id, kv_strerror(rc));
+	if ((rc = open_active(e, next_id)) != 0) {
+		fail(e, rc, "creating a new segment");
+		return rc;
+	}
+	return 0;
+}
+
+/* Make room for `need` more bytes in the active segment. */
+static int ensure_room(kv_engine *e, uint64_t need)
+{
+	if (e->active->size > KV_SEG_HDR && e->active->size + need > e->opt.max_segment_size)
+		return rotate(e, e->active->id + 1);
+	return 0;
+}
+
+static uint32_t expiry_for(const kv_engine *e, uint32_t ttl)
+{
+	if (!ttl)
+		return 0;
+	uint64_t x = now_s(e) + ttl;
+	return x > UINT32_MAX ? UINT32_MAX : (uint32_t)x;
+}
+
+/* Append one record to the tail buffer; *loc receives its location. */
+static void append_rec(kv_engine *e, uint8_t type, uint8_t flags, uint32_t expiry, const void *key,
+		       uint32_t klen, const void *val, uint32_t vlen, struct kv_loc *loc)
+{
+	uint32_t size = KV_REC_HDR + klen + vlen;
+	loc->seg = e->active->id;
+	loc->off = (uint32_t)(e->wbuf_off + e->wlen);
+	loc->size = size;
+	loc->expiry = expiry;
+	kv_rec_encode(e->wbuf + e->wlen, type, flags, ++e->seq, expiry, key, klen, val, vlen);
+	e->wlen += size;
+	e->active->size += size;
+	e->unsynced += size;
+}
+
+static void account_replace(kv_engine *e, const struct kv_loc *old)
+{
+	struct seg *s = seg_find(e, old->seg);
+	assert(s && s->live >= old->size); /* invariant 4 */
+	if (s)
+		s->live -= old->size;
+}
+
+static int writable(const kv_engine *e)
+{
+	return e->failed ? KV_EREADONLY : 0;
+}
+
+int kv_engine_put(kv_engine *e, const void *key, size_t klen, const void *val, size_t vlen,
+		  uint32_t ttl_seconds)
+{
+	int rc = check_key(klen);
+	if (rc)
+		return rc;
+	if (vlen > KV_MAX_VALUE)
+		return KV_ETOOBIG;
+	if ((rc = writable(e)) != 0)
+		return rc;
+	uint32_t size = KV_REC_HDR + (uint32_t)klen + (uint32_t)vlen;
+	if ((rc = ensure_room(e, size)) != 0)
+		return rc;
+	if ((rc = wbuf_reserve(e, size)) != 0)
+		return rc;
+	size_t mark = e->wlen;
+	uint64_t seq_mark = e->seq;
+	struct kv_loc loc, old;
+	append_rec(e, KV_REC_PUT, 0, expiry_for(e, ttl_seconds), key, (uint32_t)klen, val,
+		   (uint32_t)vlen, &loc);
+	rc = kv_keydir_put(e->kd, key, klen, &loc, &old);
+	if (rc < 0) { /* nothing reached the file: take the record back */
+		e->wlen = mark;
+		e->seq = seq_mark;
+		e->active->size -= size;
+		e->unsynced -= size;
+		return rc;
+	}
+	if (rc == 1)
+		account_replace(e, &old);
+	e->active->live += size;
+	e->n_puts++;
+	if (e->wlen >= FLUSH_AT)
+		return kv_engine_flush(e);
+	return 0;
+}
+
+int kv_engine_delete(kv_engine *e, const void *key, size_t klen)
+{
+	struct kv_loc loc, old;
+	int rc = check_key(klen);
+	if (rc)
+		return rc;
+	if ((rc = writable(e)) != 0)
+		return rc;
+	if (!kv_keydir_get(e->kd, key, klen, &old))
+		return KV_ENOTFOUND;
+	int was_expired = expired(e, old.expiry);
+	uint32_t size = KV_REC_HDR + (uint32_t)klen;
+	if ((rc = ensure_room(e, size)) != 0)
+		return rc;
+	if ((rc = wbuf_reserve(e, size)) != 0)
+		return rc;
+	append_rec(e, KV_REC_DEL, 0, 0, key, (uint32_t)klen, NULL, 0, &loc);
+	kv_keydir_del(e->kd, key, klen, &old);
+	account_replace(e, &old);
+	e->n_dels++;
+	if (e->wlen >= FLUSH_AT && (rc = kv_engine_flush(e)) != 0)
+		return rc;
+	return was_expired ? KV_ENOTFOUND : 0;
+}
+
+int kv_engine_batch(kv_engine *e, const struct kv_batch_op *ops, size_t n)
+{
+	uint64_t total = KV_REC_HDR + 4; /* the COMMIT record */
+	int rc;
+	if (n == 0)
+		return 0;
+	if (n > UINT32_MAX)
+		return KV_ETOOBIG;
+	for (size_t i = 0; i < n; i++) {
+		if ((rc = check_key(ops[i].klen)) != 0)
+			return rc;
+		if (ops[i].type == KV_OP_PUT && ops[i].vlen > KV_MAX_VALUE)
+			return KV_ETOOBIG;
+		if (ops[i].type != KV_OP_PUT && ops[i].type != KV_OP_DELETE)
+			return -EINVAL;
+		total += KV_REC_HDR + ops[i].klen + (ops[i].type == KV_OP_PUT ? ops[i].vlen : 0);
+	}
+	if (total > UINT32_MAX / 2)
+		return KV_ETOOBIG;
+	if ((rc = writable(e)) != 0)
+		return rc;
+	if ((rc = ensure_room(e, total)) != 0)
+		return rc;
+	if ((rc = wbuf_reserve(e, total)) != 0)
+		return rc;
+	/* 1. all records, then the COMMIT: nothing is visible before it checks */
+	size_t first = e->wlen;
+	for (size_t i = 0; i < n; i++) {
+		struct kv_loc loc;
+		const struct kv_batch_op *op = &ops[i];
+		if (op->type == KV_OP_PUT)
+			append_rec(e, KV_REC_PUT, KV_RF_BATCH, expiry_for(e, op->ttl_seconds), op->key,
+				   (uint32_t)op->klen, op->val, (uint32_t)op->vlen, &loc);
+		else
+			append_rec(e, KV_REC_DEL, KV_RF_BATCH, 0, op->key, (uint32_t)op->klen, NULL, 0,
+				   &loc);
+	}
+	uint8_t cnt[4];
+	struct kv_loc cloc;
+	kv_put32(cnt, (uint32_t)n);
+	append_rec(e, KV_REC_COMMIT, 0, 0, cnt, 4, NULL, 0, &cloc);
+	/* 2. apply to the keydir, in order */
+	size_t off = first;
+	for (size_t i = 0; i < n; i++) {
+		struct kv_loc loc, old;
+		struct kv_rec r;
+		kv_rec_decode(e->wbuf + off, e->wlen - off, &r);
+		loc.seg = e->active->id;
+		loc.off = (uint32_t)(e->wbuf_off + off);
+		loc.size = r.size;
+		loc.expiry = r.expiry;
+		off += r.size;
+		if (r.type == KV_REC_PUT) {
+			rc = kv_keydir_put(e->kd, r.key, r.klen, &loc, &old);
+			if (rc < 0) {
+				/* the batch is in the tail buffer: keep memory and
+				 * disk in step by refusing further writes */
+				fail(e, rc, "keydir allocation during a batch");
+				return rc;
+			}
+			if (rc == 1)
+				account_replace(e, &old);
+			e->active->live += r.size;
+		} else if (kv_keydir_del(e->kd, r.key, r.klen, &old)) {
+			account_replace(e, &old);
+		}
+	}
+	e->n_batches++;
+	if (e->wlen >= FLUSH_AT && (rc = kv_engine_flush(e)) != 0)
+		return rc;
+	return (int)n;
+}
+
+/* --- iteration ---------------------------------------------------------------------------------- */
+
+struct it_item {
+	size_t koff;
+	uint32_t klen;
+	struct kv_loc loc;
+};
+
+struct kv_iter {
+	kv_engine *e;
+	struct it_item *items;
+	size_t n, cap, pos;
+	uint8_t *keys;
+	size_t klen_total, kcap;
+	struct kv_buf rec;
+	const void *prefix;
+	size_t plen;
+	uint64_t now;
+};
+
+static int iter_collect(void *arg, const uint8_t *key, size_t klen, const struct kv_loc *loc)
+{
+	struct kv_iter *it = arg;
+	if (klen < it->plen || memcmp(key, it->prefix, it->plen) != 0)
+		return 0;
+	if (loc->expiry && loc->expiry <= it->now)
+		return 0;
+	if (it->n == it->cap) {
+		size_t cap = it->cap ? it->cap * 2 : 256;
+		struct it_item *ni = realloc(it->items, cap * sizeof *ni);
+		if (!ni)
+			return -ENOMEM;
+		it->items = ni;
+		it->cap = cap;
+	}
+	if (it->klen_total + klen > it->kcap) {
+		size_t cap = it->kcap ? it->kcap * 2 : 4096;
+		while (cap < it->klen_total + klen)
+			cap *= 2;
+		uint8_t *nk = realloc(it->keys, cap);
+		if (!nk)
+			return -ENOMEM;
+		it->keys = nk;
+		it->kcap = cap;
+	}
+	memcpy(it->keys + it->klen_total, key, klen);
+	it->items[it->n++] = (struct it_item){it->klen_total, (uint32_t)klen, *loc};
+	it->klen_total += klen;
+	return 0;
+}
+
+int kv_iter_open(kv_engine *e, const void *prefix, size_t plen, kv_iter **out)
+{
+	kv_iter *it = calloc(1, sizeof *it);
+	if (!it)
+		return -ENOMEM;
+	it->e = e;
+	it->prefix = prefix;
+	it->plen = plen;
+	it->now = now_s(e);
+	int rc = kv_keydir_foreach(e->kd, iter_collect, it);
+	it->prefix = NULL; /* borrowed for the collection pass only */
+	if (rc) {
+		e->iters++;
+		kv_iter_close(it);
+		return rc;
+	}
+	e->iters++;
+	*out = it;
+	return 0;
+}
+
+int kv_iter_next(kv_iter *it, const void **key, size_t *klen, struct kv_buf *val)
+{
+	if (it->pos >= it->n)
+		return 0;
+	struct it_item *item = &it->items[it->pos++];
+	*key = it->keys + item->koff;
+	*klen = item->klen;
+	if (val) {
+		struct kv_rec r;
+		int rc = read_record(it->e, &item->loc, &it->rec, &r);
+		if (rc)
+			return rc;
+		if ((rc = buf_reserve(val, r.vlen ? r.vlen : 1)) != 0)
+			return rc;
+		memcpy(val->data, r.value, r.vlen);
+		val->len = r.vlen;
+	}
+	return 1;
+}
+
+void kv_iter_close(kv_iter *it)
+{
+	if (!it)
+		return;
+	it->e->iters--;
+	free(it->items);
+	free(it->keys);
+	kv_buf_free(&it->rec);
+	free(it);
+}
+
+int kv_engine_foreach(kv_engine *e, const void *prefix, size_t plen,
+		      int (*cb)(void *arg, const void *key, size_t klen, const void *val,
+				size_t vlen),
+		      void *arg)
+{
+	kv_iter *it;
+	struct kv_buf v = {0};
+	int rc = kv_iter_open(e, prefix, plen, &it);
+	if (rc)
+		return rc;
+	for (;;) {
+		const void *k;
+		size_t kl;
+		rc = kv_iter_next(it, &k, &kl, &v);
+		if (rc <= 0)
+			break;
+		if ((rc = cb(arg, k, kl, v.data, v.len)) != 0)
+			break;
+	}
+	kv_iter_close(it);
+	kv_buf_free(&v);
+	return rc;
+}
+
+/* --- stats ---------------------------------------------------------------------------------------- */
+
+int kv_engine_stats(kv_engine *e, struct kv_stats *st)
+{
+	struct kv_keydir_stats ks;
+	memset(st, 0, sizeof *st);
+	kv_keydir_stats(e->kd, &ks);
+	st->keys = ks.keys;
+	st->key_bytes = ks.key_bytes;
+	st->keydir_bytes = ks.bytes;
+	st->keydir_bytes_per_key = ks.keys ? (double)ks.bytes / (double)ks.keys : 0.0;
+	st->seq = e->seq;
+	st->syncs = e->n_syncs;
+	st->puts = e->n_puts;
+	st->deletes = e->n_dels;
+	st->gets = e->n_gets;
+	st->batches = e->n_batches;
+	st->read_only = e->failed != 0;
+	st->seg = calloc(e->nsegs ? e->nsegs : 1, sizeof *st->seg);
+	if (!st->seg)
+		return -ENOMEM;
+	st->nsegs = e->nsegs;
+	st->segments = e->nsegs;
+	for (size_t i = 0; i < e->nsegs; i++) {
+		const struct seg *s = e->segs[i];
+		struct kv_seg_stats *o = &st->seg[i];
+		o->id = s->id;
+		o->bytes = s->size;
+		o->live_bytes = s->live;
+		o->dead_bytes = s->size - KV_SEG_HDR - s->live;
+		o->active = s->active;
+		o->has_hint = s->has_hint;
+		st->disk_bytes += s->size;
+		st->live_bytes += s->live;
+		st->dead_bytes += o->dead_bytes;
+	}
+	return 0;
+}
+
+void kv_stats_free(struct kv_stats *st)
+{
+	free(st->seg);
+	st->seg = NULL;
+	st->nsegs = 0;
+}
+
+int kv_engine_tick(kv_engine *e)
+{
+	return kv_keydir_step(e->kd, 4096);
+}
+
+/* --- recovery ---------------------------------------------------------------------------------------- */
+
+/* Replay one record or hint entry into the keydir (invariant 1). */
+static int replay(kv_engine *e, struct seg *s, int tomb, const uint8_t *key, uint32_t klen,
+		  uint32_t off, uint32_t size, uint32_t expiry, uint64_t seq)
+{
+	struct kv_loc old;
+	if (seq > e->seq)
+		e->seq = seq;
+	if (tomb) {
+		if (kv_keydir_del(e->kd, key, klen, &old))
+			account_replace(e, &old);
+		return 0;
+	}
+	struct kv_loc loc = {s->id, off, size, expiry};
+	int rc = kv_keydir_put(e->kd, key, klen, &loc, &old);
+	if (rc < 0)
+		return rc;
+	if (rc == 1)
+		account_replace(e, &old);
+	s->live += size;
+	return 0;
+}
+
+struct replay_ctx {
+	kv_engine *e;
+	struct seg *s;
+};
+
+static int replay_rec(void *arg, uint32_t off, const struct kv_rec *r)
+{
+	struct replay_ctx *c = arg;
+	if (r->type == KV_REC_COMMIT)
+		return 0;
+	return replay(c->e, c->s, r->type == KV_REC_DEL, r->key, r->klen, off, r->size, r->expiry,
+		      r->seq);
+}
+
+static int replay_hint(void *arg, const struct kv_hint_ent *h)
+{
+	struct replay_ctx *c = arg;
+	if ((uint64_t)h->off + h->size > c->s->size || h->off < KV_SEG_HDR)
+		return KV_ECORRUPT;
+	return replay(c->e, c->s, h->flags & KV_HF_TOMBSTONE, h->key, h->klen, h->off, h->size,
+		      h->expiry, h->seq);
+}
+
+static int load_hint(kv_engine *e, struct seg *s)
+{
+	char path[PATH_MAX];
+	uint8_t *map;
+	size_t len;
+	kv_seg_path(path, sizeof path, e->dir, s->id, "hint");
+	int rc = kv_map_file(path, &map, &len);
+	if (rc)
+		return rc;
+	struct replay_ctx c = {e, s};
+	rc = kv_hint_parse(map, len, s->id, replay_hint, &c);
+	if (map)
+		munmap(map, len);
+	return rc;
+}
+
+/* Check a segment's header. 0, KV_ECORRUPT, KV_EVERSION or -errno. */
+static int check_header(struct seg *s, char *err, size_t errlen, const char *path)
+{
+	uint32_t id, version;
+	if (s->maplen < KV_SEG_HDR) {
+		seterr(err, errlen, "%s: shorter than a segment header", path);
+		return KV_ECORRUPT;
+	}
+	int rc = kv_seg_hdr_decode(s->map, &id, &version);
+	if (rc == KV_EVERSION) {
+		seterr(err, errlen, "%s: format version %u is not supported (this kvd reads %u)",
+		       path, version, KV_FORMAT_VERSION);
+		return rc;
+	}
+	if (rc || id != s->id) {
+		seterr(err, errlen, "%s: bad segment header", path);
+		return KV_ECORRUPT;
+	}
+	return 0;
+}
+
+/* Load segment s: hint when it checks, else a scan. newest: a torn tail is
+ * cut (and fsynced); otherwise an invalid record is corruption. */
+static int load_segment(kv_engine *e, struct seg *s, int newest, int *remove, char *err,
+			size_t errlen)
+{
+	char path[PATH_MAX];
+	struct kv_scan_result res;
+	int rc;
+	*remove = 0;
+	kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
+	if ((rc = seg_map(e, s)) != 0) {
+		seterr(err, errlen, "%s: %s", path, kv_strerror(rc));
+		return rc;
+	}
+	s->size = s->maplen;
+	rc = check_header(s, err, errlen, path);
+	if (rc == KV_ECORRUPT && newest && s->maplen < KV_SEG_HDR + KV_REC_HDR) {
+		/* created but its header never completed: a crash at rotation */
+		elog(e, KV_LOG_WARN, "%s: torn segment header, removing the empty segment", path);
+		*remove = 1;
+		return 0;
+	}
+	if (rc)
+		return rc;
+	if (s->has_hint) {
+		rc = load_hint(e, s);
+		if (rc == 0)
+			return 0;
+		elog(e, KV_LOG_WARN, "segment %u: hint file unusable (%s), scanning the segment",
+		     s->id, kv_strerror(rc));
+		s->has_hint = 0;
+		if (rc != KV_ECORRUPT && rc != -ENOENT)
+			return rc;
+		/* a corrupt hint passed nothing to the keydir: scan cleanly */
+	}
+	struct replay_ctx c = {e, s};
+	rc = kv_seg_scan(s->map, s->maplen, e->opt.repair && !newest, replay_rec, &c, &res);
+	if (rc) {
+		seterr(err, errlen, "%s: %s", path, kv_strerror(rc));
+		return rc;
+	}
+	if (res.max_seq > e->seq)
+		e->seq = res.max_seq;
+	if (res.bad && newest) {
+		uint64_t cut = s->maplen - res.valid_end;
+		elog(e, KV_LOG_WARN,
+		     "%s: torn tail: cut %llu bytes after offset %llu (crash during a write)", path,
+		     (unsigned long long)cut, (unsigned long long)res.valid_end);
+		seg_unmap(e, s);
+		int fd = kv_open(path, O_RDWR, 0);
+		if (fd < 0)
+			return fd;
+		rc = kv_ftruncate(fd, (off_t)res.valid_end);
+		if (!rc)
+			rc = kv_fsync(fd);
+		kv_close(fd);
+		if (rc) {
+			seterr(err, errlen, "%s: cannot cut the torn tail: %s", path, kv_strerror(rc));
+			return rc;
+		}
+		s->size = res.valid_end;
+	} else if (res.bad && !e->opt.repair) {
+		seterr(err, errlen,
+		       "%s: corrupt record at offset %llu (a sealed segment); start with --repair "
+		       "to keep every record that checks and drop the rest",
+		       path, (unsigned long long)res.bad_off);
+		return KV_ECORRUPT;
+	} else if (res.bad) {
+		elog(e, KV_LOG_WARN, "%s: repair dropped %llu bytes starting at offset %llu", path,
+		     (unsigned long long)res.dropped, (unsigned long long)res.bad_off);
+	}
+	if (res.records == 0) {
+		*remove = 1; /* holds nothing */
+		return 0;
+	}
+	/* sealed from now on: give it a hint file for the next start */
+	if ((rc = write_hint(e, s, e->opt.repair && !newest)) != 0)
+		elog(e, KV_LOG_WARN, "segment %u: cannot write its hint file: %s", s->id,
+		     kv_strerror(rc));
+	return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* List segment ids (sorted), note hint files, remove temp files. */
+static int scan_dir(kv_engine *e, uint32_t **ids_out, size_t *n_out, uint32_t **hints_out,
+		    size_t *nh_out)
+{
+	DIR *d = opendir(e->dir);
+	uint32_t *ids = NULL, *hints = NULL;
+	size_t n = 0, cap = 0, nh = 0, caph = 0;
+	int rc = 0, removed = 0;
+	struct dirent *de;
+	if (!d)
+		return -errno;
+	while ((de = readdir(d)) != NULL) {
+		const char *name = de->d_name;
+		size_t len = strlen(name);
+		char path[PATH_MAX];
+		if (len > 4 && strcmp(name + len - 4, ".tmp") == 0) {
+			snprintf(path, sizeof path, "%s/%s", e->dir, name);
+			elog(e, KV_LOG_INFO, "removing leftover temp file %s", path);
+			kv_unlink(path);
+			removed = 1;
+			continue;
+		}
+		unsigned id;
+		char ext[8];
+		int used = 0;
+		if (sscanf(name, "%10u.%5[a-z]%n", &id, ext, &used) != 2 || (size_t)used != len ||
+		    len != 10 + 1 + strlen(ext))
+			continue;
+		uint32_t **arr = NULL;
+		size_t *cnt = NULL, *cp = NULL;
+		if (strcmp(ext, "seg") == 0) {
+			arr = &ids;
+			cnt = &n;
+			cp = &cap;
+		} else if (strcmp(ext, "hint") == 0) {
+			arr = &hints;
+			cnt = &nh;
+			cp = &caph;
+		} else {
+			continue;
+		}
+		if (*cnt == *cp) {
+			size_t nc = *cp ? *cp * 2 : 64;
+			uint32_t *na = realloc(*arr, nc * sizeof *na);
+			if (!na) {
+				rc = -ENOMEM;
+				goto out;
+			}
+			*arr = na;
+			*cp = nc;
+		}
+		(*arr)[(*cnt)++] = id;
+	}
+	if (n)
+		qsort(ids, n, sizeof *ids, cmp_u32);
+	if (nh)
+		qsort(hints, nh, sizeof *hints, cmp_u32);
+	if (removed)
+		rc = kv_fsync_dir(e->dir);
+out:
+	closedir(d);
+	if (rc) {
+		free(ids);
+		free(hints);
+		return rc;
+	}
+	*ids_out = ids;
+	*n_out = n;
+	*hints_out = hints;
+	*nh_out = nh;
+	return 0;
+}
+
+static int take_lock(kv_engine *e, char *err, size_t errlen)
+{
+	char path[PATH_MAX], pidbuf[32];
+	snprintf(path, sizeof path, "%s/LOCK", e->dir);
+	int fd = kv_open(path, O_RDWR | O_CREAT, 0640);
+	if (fd < 0) {
+		seterr(err, errlen, "%s: %s", path, kv_strerror(fd));
+		return fd;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int rc = errno == EWOULDBLOCK ? KV_ELOCKED : -errno;
+		ssize_t r = pread(fd, pidbuf, sizeof pidbuf - 1, 0);
+		pidbuf[r > 0 ? r : 0] = 0;
+		if (rc == KV_ELOCKED)
+			seterr(err, errlen, "data directory %s is locked by pid %ld", e->dir,
+			       strtol(pidbuf, NULL, 10));
+		else
+			seterr(err, errlen, "%s: flock: %s", path, kv_strerror(rc));
+		kv_close(fd);
+		return rc;
+	}
+	int len = snprintf(pidbuf, sizeof pidbuf, "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, pidbuf, (size_t)len, 0) != len) {
+		int rc = -errno;
+		seterr(err, errlen, "%s: cannot record our pid: %s", path, kv_strerror(rc));
+		kv_close(fd);
+		return rc;
+	}
+	e->lock_fd = fd;
+	return 0;
+}
+
+/* mkdir dir if missing, fsyncing its parent so the new name is durable. */
+static int make_dir(const char *dir)
+{
+	if (mkdir(dir, 0750) == 0) {
+		char parent[PATH_MAX];
+		snprintf(parent, sizeof parent, "%s", dir);
+		char *slash = strrchr(parent, '/');
+		if (slash == parent)
+			slash[1] = 0;
+		else if (slash)
+			*slash = 0;
+		else
+			snprintf(parent, sizeof parent, ".");
+		return kv_fsync_dir(parent);
+	}
+	return errno == EEXIST ? 0 : -errno;
+}
+
+static void free_engine(kv_engine *e)
+{
+	for (size_t i = 0; i < e->nsegs; i++) {
+		if (e->segs[i]->map)
+			munmap(e->segs[i]->map, e->segs[i]->maplen);
+		free(e->segs[i]);
+	}
+	free(e->segs);
+	if (e->active_fd >= 0)
+		kv_close(e->active_fd);
+	if (e->lock_fd >= 0)
+		kv_close(e->lock_fd);
+	kv_keydir_free(e->kd);
+	free(e->wbuf);
+	free(e->dir);
+	free(e);
+}
+
+static void remove_segment(kv_engine *e, size_t idx)
+{
+	char path[PATH_MAX];
+	struct seg *s = e->segs[idx];
+	seg_unmap(e, s);
+	kv_seg_path(path, sizeof path, e->dir, s->id, "hint");
+	kv_unlink(path);
+	kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
+	kv_unlink(path);
+	memmove(&e->segs[idx], &e->segs[idx + 1], (e->nsegs - idx - 1) * sizeof *e->segs);
+	e->nsegs--;
+	free(s);
+	e->dir_dirty = 1;
+}
+
+int kv_engine_open(const char *dir, const struct kv_options *opt, kv_engine **out, char *err,
+		   size_t errlen)
+{
+	uint32_t *ids = NULL, *hints = NULL;
+	size_t n = 0, nh = 0;
+	int rc;
+	kv_engine *e = calloc(1, sizeof *e);
+	if (!e)
+		return -ENOMEM;
+	e->lock_fd = -1;
+	e->active_fd = -1;
+	if (opt)
+		e->opt = *opt;
+	else
+		kv_options_init(&e->opt);
+	if (e->opt.max_segment_size < 4096)
+		e->opt.max_segment_size = 4096;
+	if (e->opt.max_segment_size > UINT32_MAX)
+		e->opt.max_segment_size = UINT32_MAX;
+	if (e->opt.max_mapped_segments < 4)
+		e->opt.max_mapped_segments = 4;
+	e->dir = strdup(dir);
+	e->kd = kv_keydir_new();
+	if (!e->dir || !e->kd) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if ((rc = make_dir(dir)) != 0) {
+		seterr(err, errlen, "cannot create data directory %s: %s", dir, kv_strerror(rc));
+		goto out;
+	}
+	if ((rc = take_lock(e, err, errlen)) != 0)
+		goto out;
+	if ((rc = scan_dir(e, &ids, &n, &hints, &nh)) != 0) {
+		seterr(err, errlen, "cannot list %s: %s", dir, kv_strerror(rc));
+		goto out;
+	}
+	for (size_t i = 0, h = 0; i < n; i++) {
+		struct seg *s = calloc(1, sizeof *s);
+		if (!s) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		s->id = ids[i];
+		while (h < nh && hints[h] < ids[i])
+			h++;
+		s->has_hint = h < nh && hints[h] == ids[i];
+		if ((rc = seg_add(e, s)) != 0) {
+			free(s);
+			goto out;
+		}
+	}
+	/* replay in id order (invariant 1) */
+	for (size_t i = 0; i < e->nsegs;) {
+		int remove;
+		int newest = i == e->nsegs - 1;
+		rc = load_segment(e, e->segs[i], newest, &remove, err, errlen);
+		if (rc)
+			goto out;
+		if (remove)
+			remove_segment(e, i);
+		else
+			i++;
+	}
+	/* keep memory low: sealed segments are mapped again on demand */
+	for (size_t i = 0; i < e->nsegs; i++)
+		seg_unmap(e, e->segs[i]);
+	uint32_t next = e->nsegs ? e->segs[e->nsegs - 1]->id + 1 : 1;
+	if ((rc = open_active(e, next)) != 0) { /* invariant 3 */
+		seterr(err, errlen, "cannot create segment %u in %s: %s", next, dir, kv_strerror(rc));
+		goto out;
+	}
+	e->dir_dirty = 0; /* kv_seg_create fsynced the directory */
+	if (e->seq) {
+		struct kv_keydir_stats ks;
+		kv_keydir_stats(e->kd, &ks);
+		elog(e, KV_LOG_INFO, "opened %s: %zu segments, %llu keys, last sequence %llu", dir,
+		     e->nsegs, (unsigned long long)ks.keys, (unsigned long long)e->seq);
+	}
+out:
+	free(ids);
+	free(hints);
+	if (rc) {
+		if (err && errlen && !err[0])
+			seterr(err, errlen, "%s: %s", dir, kv_strerror(rc));
+		free_engine(e);
+		return rc;
+	}
+	*out = e;
+	return 0;
+}
+
+int kv_engine_close(kv_engine *e)
+{
+	if (!e)
+		return 0;
+	int rc = e->failed ? 0 : kv_engine_sync(e);
+	free_engine(e);
+	return rc;
+}

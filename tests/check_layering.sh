@@ -1,0 +1,25 @@
+#!/bin/sh
+# check_layering.sh — the layering rules of the tree, checked on every `make test`:
+#  1. the engine (daemon/kv_{crc,sys,keydir,format,seg,engine}.[ch]) includes
+#     neither libevent nor protobuf headers;
+#  2. libkvclient never includes daemon code;
+#  3. kvctl (client/) includes no daemon code and no protobuf: it talks to kvd
+#     only through kvclient.h.
+fail=0
+bad() { echo "layering: $1"; fail=1; }
+for f in daemon/kv_crc daemon/kv_sys daemon/kv_keydir daemon/kv_format daemon/kv_seg daemon/kv_engine; do
+	for x in "$f.c" "$f.h"; do
+		[ -f "$x" ] || continue
+		grep -nE '#include *[<"](event2?/|event\.h|protobuf-c|kv\.pb-c)' "$x" && bad "$x includes libevent/protobuf"
+	done
+done
+for x in libkvclient/*.c libkvclient/*.h; do
+	[ -f "$x" ] || continue
+	grep -nE '#include *"(kv_engine|kv_server|kv_seg|kv_keydir|kvd)' "$x" && bad "$x includes daemon code"
+done
+for x in client/*.c client/*.h; do
+	[ -f "$x" ] || continue
+	grep -nE '#include *[<"](kv_|kv\.pb-c|protobuf-c)' "$x" && bad "$x bypasses libkvclient"
+done
+[ $fail = 0 ] && echo "layering: ok"
+exit $fail
