@@ -47,7 +47,7 @@ INC := -I$(GEN) -Idaemon -Ilibkvclient
 # --- sources -----------------------------------------------------------------
 # The engine: no sockets, no libevent, no protobuf (checked by `make test`).
 ENGINE_SRC = daemon/kv_crc.c daemon/kv_sys.c daemon/kv_keydir.c daemon/kv_format.c \
-             daemon/kv_seg.c daemon/kv_engine.c
+             daemon/kv_seg.c daemon/kv_engine.c daemon/kv_merge.c
 SERVER_SRC = $(filter-out $(ENGINE_SRC),$(wildcard daemon/*.c))
 CLIENT_LIB_SRC = $(wildcard libkvclient/*.c)
 KVCTL_SRC  = $(wildcard client/*.c)
@@ -99,7 +99,7 @@ $(B)/obj/gen/kv.pb-c.o: $(GEN)/kv.pb-c.c
 
 $(B)/pic/gen/kv.pb-c.o: $(GEN)/kv.pb-c.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(KV_CFLAGS) -fPIC $(PC_CFLAGS) $(INC) -MMD -MP -c $< -o $@
+	$(CC) $(CFLAGS) $(KV_CFLAGS) -fPIC -fvisibility=hidden $(PC_CFLAGS) $(INC) -MMD -MP -c $< -o $@
 
 $(B)/obj/%.o: %.c | $(GEN)/kv.pb-c.h
 	@mkdir -p $(@D)

@@ -22,6 +22,7 @@
  */
 #include "kv_engine.h"
 
+#include "kv_engine_int.h"
 #include "kv_format.h"
 #include "kv_keydir.h"
 #include "kv_seg.h"
@@ -44,45 +45,6 @@
 
 #define FLUSH_AT (1u << 20)      /* write the tail buffer out past 1 MiB */
 #define WBUF_KEEP (8u << 20)     /* shrink an idle tail buffer above this */
-
-struct seg {
-	uint32_t id;
-	int active;
-	int has_hint;
-	uint64_t size; /* bytes including header (and tail buffer when active) */
-	uint64_t live;
-	uint8_t *map;  /* sealed: whole file mapped read-only, or NULL */
-	size_t maplen;
-	uint64_t lru;
-};
-
-struct kv_engine {
-	char *dir;
-	struct kv_options opt;
-	int lock_fd;
-	kv_keydir *kd;
-
-	struct seg **segs; /* ascending id */
-	size_t nsegs, capsegs;
-	struct seg *active;
-	int active_fd;
-
-	uint8_t *wbuf; /* tail buffer of the active segment (invariant 2) */
-	size_t wlen, wcap;
-	uint64_t wbuf_off;
-	uint64_t unsynced;
-	int dir_dirty; /* a file was created since the last directory fsync */
-
-	uint64_t seq;
-	unsigned nmapped;
-	uint64_t lru_clock;
-	unsigned iters; /* open iterators: no segment is deleted meanwhile */
-
-	int failed;
-	char failed_reason[256];
-
-	uint64_t n_syncs, n_puts, n_dels, n_gets, n_batches;
-};
 
 /* --- small helpers -------------------------------------------------------------------- */
 
@@ -140,7 +102,7 @@ static int buf_reserve(struct kv_buf *b, size_t n)
 	return 0;
 }
 
-__attribute__((format(printf, 3, 4))) static void elog(kv_engine *e, int level, const char *fmt,
+__attribute__((format(printf, 3, 4))) void kv_eng_log(kv_engine *e, int level, const char *fmt,
 						       ...)
 {
 	if (!e->opt.log)
@@ -163,18 +125,18 @@ __attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t n, co
 	va_end(ap);
 }
 
-static uint64_t now_s(const kv_engine *e)
+uint64_t kv_eng_now(const kv_engine *e)
 {
 	return e->opt.clock ? e->opt.clock(e->opt.clock_arg) : (uint64_t)time(NULL);
 }
 
-static void fail(kv_engine *e, int rc, const char *what)
+void kv_eng_fail(kv_engine *e, int rc, const char *what)
 {
 	if (e->failed)
 		return;
 	e->failed = rc;
 	snprintf(e->failed_reason, sizeof e->failed_reason, "%s: %s", what, kv_strerror(rc));
-	elog(e, KV_LOG_ERROR, "engine is now read-only: %s", e->failed_reason);
+	kv_eng_log(e, KV_LOG_ERROR, "engine is now read-only: %s", e->failed_reason);
 }
 
 int kv_engine_readonly(const kv_engine *e)
@@ -189,7 +151,7 @@ const char *kv_engine_readonly_reason(const kv_engine *e)
 
 /* --- segment table ----------------------------------------------------------------------- */
 
-static struct seg *seg_find(const kv_engine *e, uint32_t id)
+struct seg *kv_eng_seg_find(const kv_engine *e, uint32_t id)
 {
 	if (e->active && e->active->id == id)
 		return e->active;
@@ -205,7 +167,7 @@ static struct seg *seg_find(const kv_engine *e, uint32_t id)
 }
 
 /* Insert keeping ascending ids. */
-static int seg_add(kv_engine *e, struct seg *s)
+int kv_eng_seg_add(kv_engine *e, struct seg *s)
 {
 	if (e->nsegs == e->capsegs) {
 		size_t cap = e->capsegs ? e->capsegs * 2 : 16;
@@ -225,7 +187,7 @@ static int seg_add(kv_engine *e, struct seg *s)
 	return 0;
 }
 
-static void seg_unmap(kv_engine *e, struct seg *s)
+void kv_eng_seg_unmap(kv_engine *e, struct seg *s)
 {
 	if (s->map) {
 		munmap(s->map, s->maplen);
@@ -237,7 +199,7 @@ static void seg_unmap(kv_engine *e, struct seg *s)
 
 /* Map a sealed segment, evicting the least recently used mapping when the
  * cache is full. */
-static int seg_map(kv_engine *e, struct seg *s)
+int kv_eng_seg_map(kv_engine *e, struct seg *s)
 {
 	char path[PATH_MAX];
 	if (s->map) {
@@ -250,7 +212,7 @@ static int seg_map(kv_engine *e, struct seg *s)
 			if (e->segs[i]->map && (!victim || e->segs[i]->lru < victim->lru))
 				victim = e->segs[i];
 		if (victim)
-			seg_unmap(e, victim);
+			kv_eng_seg_unmap(e, victim);
 	}
 	kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
 	int rc = kv_map_file(path, &s->map, &s->maplen);
@@ -270,13 +232,15 @@ static int seg_map(kv_engine *e, struct seg *s)
  */
 static int read_record(kv_engine *e, const struct kv_loc *loc, struct kv_buf *b, struct kv_rec *r)
 {
-	struct seg *s = seg_find(e, loc->seg);
+	struct seg *s = kv_eng_seg_find(e, loc->seg);
 	const uint8_t *p;
 	if (!s)
 		return KV_ECORRUPT;
 	if (s->active) {
 		if (loc->off >= e->wbuf_off) {
 			p = e->wbuf + (loc->off - e->wbuf_off);
+		} else if (e->amap && (uint64_t)loc->off + loc->size <= e->amaplen) {
+			p = e->amap + loc->off; /* flushed: in the file, so in the mapping */
 		} else {
 			int rc = buf_reserve(b, loc->size);
 			if (rc)
@@ -287,7 +251,7 @@ static int read_record(kv_engine *e, const struct kv_loc *loc, struct kv_buf *b,
 			p = (const uint8_t *)b->data;
 		}
 	} else {
-		int rc = seg_map(e, s);
+		int rc = kv_eng_seg_map(e, s);
 		if (rc)
 			return rc;
 		if ((uint64_t)loc->off + loc->size > s->maplen)
@@ -311,7 +275,7 @@ static int check_key(size_t klen)
 
 static int expired(const kv_engine *e, uint32_t expiry)
 {
-	return expiry && expiry <= now_s(e);
+	return expiry && expiry <= kv_eng_now(e);
 }
 
 int kv_engine_get(kv_engine *e, const void *key, size_t klen, struct kv_buf *out,
@@ -327,7 +291,7 @@ int kv_engine_get(kv_engine *e, const void *key, size_t klen, struct kv_buf *out
 		return KV_ENOTFOUND;
 	if ((rc = read_record(e, &loc, out, &r)) != 0) {
 		if (rc == KV_ECORRUPT)
-			elog(e, KV_LOG_ERROR, "record of segment %u at offset %u fails its checksum",
+			kv_eng_log(e, KV_LOG_ERROR, "record of segment %u at offset %u fails its checksum",
 			     loc.seg, loc.off);
 		return rc;
 	}
@@ -352,7 +316,7 @@ int kv_engine_flush(kv_engine *e)
 		return 0;
 	int rc = kv_write_all(e->active_fd, e->wbuf, e->wlen);
 	if (rc) {
-		fail(e, rc, "write to the active segment");
+		kv_eng_fail(e, rc, "write to the active segment");
 		return rc;
 	}
 	e->wbuf_off += e->wlen;
@@ -373,13 +337,13 @@ int kv_engine_sync(kv_engine *e)
 	if (e->unsynced == 0 && !e->dir_dirty)
 		return 0;
 	if ((rc = kv_fdatasync(e->active_fd)) != 0) {
-		fail(e, rc, "fdatasync of the active segment");
+		kv_eng_fail(e, rc, "fdatasync of the active segment");
 		return rc;
 	}
 	e->n_syncs++;
 	if (e->dir_dirty) {
 		if ((rc = kv_fsync_dir(e->dir)) != 0) {
-			fail(e, rc, "fsync of the data directory");
+			kv_eng_fail(e, rc, "fsync of the data directory");
 			return rc;
 		}
 		e->dir_dirty = 0;
@@ -438,7 +402,7 @@ static int write_hint(kv_engine *e, struct seg *s, int repair)
 {
 	struct hint_ctx h = {.e = e, .s = s};
 	struct kv_scan_result res;
-	int rc = seg_map(e, s);
+	int rc = kv_eng_seg_map(e, s);
 	if (rc)
 		return rc;
 	if ((rc = kv_hint_begin(&h.hb, s->id)) != 0)
@@ -452,6 +416,7 @@ static int write_hint(kv_engine *e, struct seg *s, int repair)
 	}
 	if ((rc = kv_hint_commit(&h.hb, e->dir, s->id)) == 0)
 		s->has_hint = 1;
+	kv_hint_abort(&h.hb);
 	return rc;
 }
 
@@ -460,7 +425,7 @@ static int open_active(kv_engine *e, uint32_t id)
 	struct seg *s = calloc(1, sizeof *s);
 	if (!s)
 		return -ENOMEM;
-	int fd = kv_seg_create(e->dir, id, now_s(e));
+	int fd = kv_seg_create(e->dir, id, kv_eng_now(e));
 	if (fd < 0) {
 		free(s);
 		return fd;
@@ -468,7 +433,7 @@ static int open_active(kv_engine *e, uint32_t id)
 	s->id = id;
 	s->active = 1;
 	s->size = KV_SEG_HDR;
-	int rc = seg_add(e, s);
+	int rc = kv_eng_seg_add(e, s);
 	if (rc) {
 		kv_close(fd);
 		free(s);
@@ -478,32 +443,49 @@ static int open_active(kv_engine *e, uint32_t id)
 	e->active_fd = fd;
 	e->wbuf_off = KV_SEG_HDR;
 	e->wlen = 0;
+	/* Reads of flushed records go through a shared read-only mapping of
+	 * the whole future segment (the page cache keeps it coherent with
+	 * write()); without it they fall back to pread. */
+	void *m = mmap(NULL, (size_t)e->opt.max_segment_size, PROT_READ, MAP_SHARED, fd, 0);
+	if (m != MAP_FAILED) {
+		e->amap = m;
+		e->amaplen = (size_t)e->opt.max_segment_size;
+	}
 	return 0;
+}
+
+static void unmap_active(kv_engine *e)
+{
+	if (e->amap)
+		munmap(e->amap, e->amaplen);
+	e->amap = NULL;
+	e->amaplen = 0;
 }
 
 /* Seal the active segment and open id next_id as the new one
  * (invariant 6). Any failure is fatal to further writes. */
-static int rotate(kv_engine *e, uint32_t next_id)
+int kv_eng_rotate(kv_engine *e, uint32_t next_id)
 {
 	struct seg *s = e->active;
 	int rc = kv_engine_flush(e);
 	if (rc)
 		return rc;
 	if ((rc = kv_fdatasync(e->active_fd)) != 0) {
-		fail(e, rc, "fdatasync of the segment being sealed");
+		kv_eng_fail(e, rc, "fdatasync of the segment being sealed");
 		return rc;
 	}
 	e->n_syncs++;
 	e->unsynced = 0;
+	unmap_active(e);
 	kv_close(e->active_fd);
 	e->active_fd = -1;
 	s->active = 0;
 	e->active = NULL;
 	if ((rc = write_hint(e, s, 0)) != 0)
-		elog(e, KV_LOG_WARN, "segment %u sealed without a hint file (%s); it will be scanned",
+		kv_eng_log(e, KV_LOG_WARN, "segment %u sealed without a hint file (%s); it will be scanned",
 		     s->id, kv_strerror(rc));
 	if ((rc = open_active(e, next_id)) != 0) {
-		fail(e, rc, "creating a new segment");
+		kv_eng_fail(e, rc, "creating a new segment");
 		return rc;
 	}
 	return 0;
@@ -513,7 +495,7 @@ static int rotate(kv_engine *e, uint32_t next_id)
 static int ensure_room(kv_engine *e, uint64_t need)
 {
 	if (e->active->size > KV_SEG_HDR && e->active->size + need > e->opt.max_segment_size)
-		return rotate(e, e->active->id + 1);
+		return kv_eng_rotate(e, e->active->id + 1);
 	return 0;
 }
 
@@ -521,7 +503,7 @@ static uint32_t expiry_for(const kv_engine *e, uint32_t ttl)
 {
 	if (!ttl)
 		return 0;
-	uint64_t x = now_s(e) + ttl;
+	uint64_t x = kv_eng_now(e) + ttl;
 	return x > UINT32_MAX ? UINT32_MAX : (uint32_t)x;
 }
 
@@ -540,9 +522,9 @@ static void append_rec(kv_engine *e, uint8_t type, uint8_t flags, uint32_t expir
 	e->unsynced += size;
 }
 
-static void account_replace(kv_engine *e, const struct kv_loc *old)
+void kv_eng_account_replace(kv_engine *e, const struct kv_loc *old)
 {
-	struct seg *s = seg_find(e, old->seg);
+	struct seg *s = kv_eng_seg_find(e, old->seg);
 	assert(s && s->live >= old->size); /* invariant 4 */
 	if (s)
 		s->live -= old->size;
@@ -582,7 +564,7 @@ int kv_engine_put(kv_engine *e, const void *key, size_t klen, const void *val, s
 		return rc;
 	}
 	if (rc == 1)
-		account_replace(e, &old);
+		kv_eng_account_replace(e, &old);
 	e->active->live += size;
 	e->n_puts++;
 	if (e->wlen >= FLUSH_AT)
@@ -608,7 +590,7 @@ int kv_engine_delete(kv_engine *e, const void *key, size_t klen)
 		return rc;
 	append_rec(e, KV_REC_DEL, 0, 0, key, (uint32_t)klen, NULL, 0, &loc);
 	kv_keydir_del(e->kd, key, klen, &old);
-	account_replace(e, &old);
+	kv_eng_account_replace(e, &old);
 	e->n_dels++;
 	if (e->wlen >= FLUSH_AT && (rc = kv_engine_flush(e)) != 0)
 		return rc;
@@ -672,14 +654,14 @@ int kv_engine_batch(kv_engine *e, const struct kv_batch_op *ops, size_t n)
 			if (rc < 0) {
 				/* the batch is in the tail buffer: keep memory and
 				 * disk in step by refusing further writes */
-				fail(e, rc, "keydir allocation during a batch");
+				kv_eng_fail(e, rc, "keydir allocation during a batch");
 				return rc;
 			}
 			if (rc == 1)
-				account_replace(e, &old);
+				kv_eng_account_replace(e, &old);
 			e->active->live += r.size;
 		} else if (kv_keydir_del(e->kd, r.key, r.klen, &old)) {
-			account_replace(e, &old);
+			kv_eng_account_replace(e, &old);
 		}
 	}
 	e->n_batches++;
@@ -747,7 +729,7 @@ int kv_iter_open(kv_engine *e, const void *prefix, size_t plen, kv_iter **out)
 	it->e = e;
 	it->prefix = prefix;
 	it->plen = plen;
-	it->now = now_s(e);
+	it->now = kv_eng_now(e);
 	int rc = kv_keydir_foreach(e->kd, iter_collect, it);
 	it->prefix = NULL; /* borrowed for the collection pass only */
 	if (rc) {
@@ -833,6 +815,7 @@ int kv_engine_stats(kv_engine *e, struct kv_stats *st)
 	st->gets = e->n_gets;
 	st->batches = e->n_batches;
 	st->read_only = e->failed != 0;
+	kv_engine_merge_info(e, &st->merge);
 	st->seg = calloc(e->nsegs ? e->nsegs : 1, sizeof *st->seg);
 	if (!st->seg)
 		return -ENOMEM;
@@ -863,7 +846,8 @@ void kv_stats_free(struct kv_stats *st)
 
 int kv_engine_tick(kv_engine *e)
 {
-	return kv_keydir_step(e->kd, 4096);
+	int more = kv_keydir_step(e->kd, 4096);
+	return kv_engine_merge_step(e, 4096) > 0 || more;
 }
 
 /* --- recovery ---------------------------------------------------------------------------------------- */
@@ -877,7 +861,7 @@ static int replay(kv_engine *e, struct seg *s, int tomb, const uint8_t *key, uin
 		e->seq = seq;
 	if (tomb) {
 		if (kv_keydir_del(e->kd, key, klen, &old))
-			account_replace(e, &old);
+			kv_eng_account_replace(e, &old);
 		return 0;
 	}
 	struct kv_loc loc = {s->id, off, size, expiry};
@@ -885,7 +869,7 @@ static int replay(kv_engine *e, struct seg *s, int tomb, const uint8_t *key, uin
 	if (rc < 0)
 		return rc;
 	if (rc == 1)
-		account_replace(e, &old);
+		kv_eng_account_replace(e, &old);
 	s->live += size;
 	return 0;
 }
@@ -960,7 +944,7 @@ static int load_segment(kv_engine *e, struct seg *s, int newest, int *remove, ch
 	int rc;
 	*remove = 0;
 	kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
-	if ((rc = seg_map(e, s)) != 0) {
+	if ((rc = kv_eng_seg_map(e, s)) != 0) {
 		seterr(err, errlen, "%s: %s", path, kv_strerror(rc));
 		return rc;
 	}
@@ -968,7 +952,7 @@ static int load_segment(kv_engine *e, struct seg *s, int newest, int *remove, ch
 	rc = check_header(s, err, errlen, path);
 	if (rc == KV_ECORRUPT && newest && s->maplen < KV_SEG_HDR + KV_REC_HDR) {
 		/* created but its header never completed: a crash at rotation */
-		elog(e, KV_LOG_WARN, "%s: torn segment header, removing the empty segment", path);
+		kv_eng_log(e, KV_LOG_WARN, "%s: torn segment header, removing the empty segment", path);
 		*remove = 1;
 		return 0;
 	}
@@ -978,7 +962,7 @@ static int load_segment(kv_engine *e, struct seg *s, int newest, int *remove, ch
 		rc = load_hint(e, s);
 		if (rc == 0)
 			return 0;
-		elog(e, KV_LOG_WARN, "segment %u: hint file unusable (%s), scanning the segment",
+		kv_eng_log(e, KV_LOG_WARN, "segment %u: hint file unusable (%s), scanning the segment",
 		     s->id, kv_strerror(rc));
 		s->has_hint = 0;
 		if (rc != KV_ECORRUPT && rc != -ENOENT)
@@ -995,10 +979,10 @@ static int load_segment(kv_engine *e, struct seg *s, int newest, int *remove, ch
 		e->seq = res.max_seq;
 	if (res.bad && newest) {
 		uint64_t cut = s->maplen - res.valid_end;
-		elog(e, KV_LOG_WARN,
+		kv_eng_log(e, KV_LOG_WARN,
 		     "%s: torn tail: cut %llu bytes after offset %llu (crash during a write)", path,
 		     (unsigned long long)cut, (unsigned long long)res.valid_end);
-		seg_unmap(e, s);
+		kv_eng_seg_unmap(e, s);
 		int fd = kv_open(path, O_RDWR, 0);
 		if (fd < 0)
 			return fd;
@@ -1018,7 +1002,7 @@ static int load_segment(kv_engine *e, struct seg *s, int newest, int *remove, ch
 		       path, (unsigned long long)res.bad_off);
 		return KV_ECORRUPT;
 	} else if (res.bad) {
-		elog(e, KV_LOG_WARN, "%s: repair dropped %llu bytes starting at offset %llu", path,
+		kv_eng_log(e, KV_LOG_WARN, "%s: repair dropped %llu bytes starting at offset %llu", path,
 		     (unsigned long long)res.dropped, (unsigned long long)res.bad_off);
 	}
 	if (res.records == 0) {
@@ -1027,9 +1011,35 @@ static int load_segment(kv_engine *e, struct seg *s, int newest, int *remove, ch
 	}
 	/* sealed from now on: give it a hint file for the next start */
 	if ((rc = write_hint(e, s, e->opt.repair && !newest)) != 0)
-		elog(e, KV_LOG_WARN, "segment %u: cannot write its hint file: %s", s->id,
+		kv_eng_log(e, KV_LOG_WARN, "segment %u: cannot write its hint file: %s", s->id,
 		     kv_strerror(rc));
 	return 0;
+}
+
+/* Sum of the entry counts in the hint files' trailers (an upper bound of
+ * the keys they hold); read without checking: it only sizes the keydir. */
+static size_t hint_entries(kv_engine *e)
+{
+	char path[PATH_MAX];
+	uint8_t trl[KV_HINT_TRL];
+	size_t total = 0;
+	for (size_t i = 0; i < e->nsegs; i++) {
+		if (!e->segs[i]->has_hint)
+			continue;
+		kv_seg_path(path, sizeof path, e->dir, e->segs[i]->id, "hint");
+		int fd = kv_open(path, O_RDONLY, 0);
+		if (fd < 0)
+			continue;
+		struct stat st;
+		if (fstat(fd, &st) == 0 && st.st_size >= (off_t)(KV_HINT_HDR + KV_HINT_TRL) &&
+		    kv_pread_all(fd, trl, sizeof trl, st.st_size - (off_t)KV_HINT_TRL) == 0) {
+			uint64_t n = kv_get64(trl);
+			if (n <= (uint64_t)st.st_size / KV_HINT_ENT)
+				total += (size_t)n;
+		}
+		kv_close(fd);
+	}
+	return total;
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -1055,7 +1065,7 @@ static int scan_dir(kv_engine *e, uint32_t **ids_out, size_t *n_out, uint32_t **
 		char path[PATH_MAX];
 		if (len > 4 && strcmp(name + len - 4, ".tmp") == 0) {
 			snprintf(path, sizeof path, "%s/%s", e->dir, name);
-			elog(e, KV_LOG_INFO, "removing leftover temp file %s", path);
+			kv_eng_log(e, KV_LOG_INFO, "removing leftover temp file %s", path);
 			kv_unlink(path);
 			removed = 1;
 			continue;
@@ -1169,6 +1179,7 @@ static void free_engine(kv_engine *e)
 		free(e->segs[i]);
 	}
 	free(e->segs);
+	unmap_active(e);
 	if (e->active_fd >= 0)
 		kv_close(e->active_fd);
 	if (e->lock_fd >= 0)
@@ -1179,11 +1190,14 @@ static void free_engine(kv_engine *e)
 	free(e);
 }
 
-static void remove_segment(kv_engine *e, size_t idx)
+void kv_eng_seg_remove(kv_engine *e, struct seg *s)
 {
 	char path[PATH_MAX];
-	struct seg *s = e->segs[idx];
-	seg_unmap(e, s);
+	size_t idx = 0;
+	while (idx < e->nsegs && e->segs[idx] != s)
+		idx++;
+	assert(idx < e->nsegs);
+	kv_eng_seg_unmap(e, s);
 	kv_seg_path(path, sizeof path, e->dir, s->id, "hint");
 	kv_unlink(path);
 	kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
@@ -1241,11 +1255,13 @@ int kv_engine_open(const char *dir, const struct kv_options *opt, kv_engine **ou
 		while (h < nh && hints[h] < ids[i])
 			h++;
 		s->has_hint = h < nh && hints[h] == ids[i];
-		if ((rc = seg_add(e, s)) != 0) {
+		if ((rc = kv_eng_seg_add(e, s)) != 0) {
 			free(s);
 			goto out;
 		}
 	}
+	/* size the keydir once from the hint files' entry counts */
+	kv_keydir_reserve(e->kd, hint_entries(e));
 	/* replay in id order (invariant 1) */
 	for (size_t i = 0; i < e->nsegs;) {
 		int remove;
@@ -1254,13 +1270,13 @@ int kv_engine_open(const char *dir, const struct kv_options *opt, kv_engine **ou
 		if (rc)
 			goto out;
 		if (remove)
-			remove_segment(e, i);
+			kv_eng_seg_remove(e, e->segs[i]);
 		else
 			i++;
 	}
 	/* keep memory low: sealed segments are mapped again on demand */
 	for (size_t i = 0; i < e->nsegs; i++)
-		seg_unmap(e, e->segs[i]);
+		kv_eng_seg_unmap(e, e->segs[i]);
 	uint32_t next = e->nsegs ? e->segs[e->nsegs - 1]->id + 1 : 1;
 	if ((rc = open_active(e, next)) != 0) { /* invariant 3 */
 		seterr(err, errlen, "cannot create segment %u in %s: %s", next, dir, kv_strerror(rc));
@@ -1270,7 +1286,7 @@ int kv_engine_open(const char *dir, const struct kv_options *opt, kv_engine **ou
 	if (e->seq) {
 		struct kv_keydir_stats ks;
 		kv_keydir_stats(e->kd, &ks);
-		elog(e, KV_LOG_INFO, "opened %s: %zu segments, %llu keys, last sequence %llu", dir,
+		kv_eng_log(e, KV_LOG_INFO, "opened %s: %zu segments, %llu keys, last sequence %llu", dir,
 		     e->nsegs, (unsigned long long)ks.keys, (unsigned long long)e->seq);
 	}
 out:
@@ -1290,6 +1306,7 @@ int kv_engine_close(kv_engine *e)
 {
 	if (!e)
 		return 0;
+	kv_merge_abandon(e);
 	int rc = e->failed ? 0 : kv_engine_sync(e);
 	free_engine(e);
 	return rc;

@@ -165,6 +165,19 @@ struct kv_seg_stats {
 	int has_hint;
 };
 
+/* Merge (compaction) state; strings are static. See kv_merge.c. */
+struct kv_merge_info {
+	const char *state;        /* "idle", "running", "deleting" */
+	int pid;                  /* the worker while running, else 0 */
+	uint64_t merges;          /* completed merges since open */
+	uint64_t failures;
+	uint64_t last_ms;         /* duration of the last completed merge */
+	uint64_t last_reclaimed;  /* bytes freed by it */
+	uint64_t total_reclaimed;
+	uint32_t last_inputs, last_outputs;
+	char last_error[200];     /* why the last merge failed, "" if it did not */
+};
+
 struct kv_stats {
 	uint64_t keys;
 	uint64_t key_bytes;    /* sum of key lengths */
@@ -178,12 +191,37 @@ struct kv_stats {
 	uint64_t syncs;
 	uint64_t puts, deletes, gets, batches;
 	int read_only;
+	struct kv_merge_info merge;
 	struct kv_seg_stats *seg; /* nsegs entries, ascending id; owned by the
 				     stats, freed by kv_stats_free() */
 	size_t nsegs;
 };
 int kv_engine_stats(kv_engine *e, struct kv_stats *st);
 void kv_stats_free(struct kv_stats *st);
+
+/*
+ * Merge (compaction) in a forked worker; see the state diagram in
+ * daemon/kv_merge.c. kv_engine_merge_start() seals the active segment,
+ * opens a new one above the ids reserved for the outputs, freezes the
+ * keydir's resizing and forks. In the child, child_init(arg) runs first
+ * (the caller closes its own descriptors there; the engine also closes
+ * every fd but the report pipe and resets signal handlers).
+ * Returns 0 (started), 1 (nothing to merge: no dead bytes), KV_EBUSY,
+ * KV_EREADONLY or -errno.
+ */
+int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg);
+/* The report pipe to watch for readability while a merge runs, else -1. */
+int kv_engine_merge_fd(const kv_engine *e);
+/* Read reports, apply at most budget of them (location compare-and-swap),
+ * reap the worker (waitpid WNOHANG) and finish: delete the inputs once
+ * all is applied and no iterator is open. Returns 1 while a merge is in
+ * progress, 0 when idle (it just completed, or none ran), < 0 once when a
+ * merge failed (kv_engine_merge_info() says why). Never blocks. */
+int kv_engine_merge_step(kv_engine *e, unsigned budget);
+void kv_engine_merge_info(const kv_engine *e, struct kv_merge_info *mi);
+/* Non-zero when the sealed segments hold at least min_dead_ratio dead
+ * bytes (0..1) or at least min_dead_bytes dead bytes. */
+int kv_engine_merge_wanted(const kv_engine *e, double min_dead_ratio, uint64_t min_dead_bytes);
 
 /* Bounded background work (incremental keydir rehash); call from an idle
  * timer. Returns non-zero while more work remains. */

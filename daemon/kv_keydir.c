@@ -485,6 +485,14 @@ int kv_keydir_cas(kv_keydir *kd, const void *key, size_t klen, const struct kv_l
 	return 1;
 }
 
+int kv_keydir_del_at(kv_keydir *kd, const void *key, size_t klen, const struct kv_loc *at)
+{
+	struct kv_loc cur;
+	if (!kv_keydir_get(kd, key, klen, &cur) || cur.seg != at->seg || cur.off != at->off)
+		return 0;
+	return kv_keydir_del(kd, key, klen, NULL);
+}
+
 int kv_keydir_foreach(kv_keydir *kd,
 		      int (*cb)(void *arg, const uint8_t *key, size_t klen, const struct kv_loc *loc),
 		      void *arg)
@@ -505,6 +513,23 @@ int kv_keydir_foreach(kv_keydir *kd,
 			}
 		}
 	}
+	return 0;
+}
+
+int kv_keydir_reserve(kv_keydir *kd, size_t n)
+{
+	if (kd->keys || kd->resizing)
+		return 0;
+	size_t nb = 16;
+	while (nb * SLOTS * 7 / 8 < n + 1)
+		nb <<= 1;
+	if (nb <= kd->t[0].nb)
+		return 0;
+	struct table t;
+	if (table_init(&t, nb))
+		return -ENOMEM;
+	table_free(&kd->t[0]);
+	kd->t[0] = t;
 	return 0;
 }
 

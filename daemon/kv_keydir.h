@@ -56,6 +56,10 @@ int kv_keydir_del(kv_keydir *kd, const void *key, size_t klen, struct kv_loc *ol
 int kv_keydir_cas(kv_keydir *kd, const void *key, size_t klen, const struct kv_loc *from,
 		  const struct kv_loc *to);
 
+/* Remove the entry only if it still points at (at->seg, at->off).
+ * Returns 1 when removed, 0 otherwise. */
+int kv_keydir_del_at(kv_keydir *kd, const void *key, size_t klen, const struct kv_loc *at);
+
 /* Visit every entry; cb must not modify the keydir. A non-zero return of
  * cb stops the walk and is returned. key is borrowed for the call. */
 int kv_keydir_foreach(kv_keydir *kd,
@@ -63,6 +67,10 @@ int kv_keydir_foreach(kv_keydir *kd,
 		      void *arg);
 
 void kv_keydir_freeze(kv_keydir *kd, int frozen);
+/* Size an empty keydir for about n keys at once (recovery knows the count
+ * from hint files), so loading does not resize. 0 or -ENOMEM; a keydir
+ * that is not empty is left as it is. */
+int kv_keydir_reserve(kv_keydir *kd, size_t n);
 /* Move up to n buckets of a running resize. Returns 1 while resizing. */
 int kv_keydir_step(kv_keydir *kd, unsigned n);
 

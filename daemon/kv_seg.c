@@ -300,6 +300,5 @@ out:
 		kv_close(fd);
 	if (rc)
 		kv_unlink(tmp);
-	kv_hint_abort(hb);
 	return rc;
 }

@@ -77,7 +77,8 @@ int kv_hint_begin(struct kv_hint_buf *hb, uint32_t seg_id);
 int kv_hint_add(struct kv_hint_buf *hb, uint64_t seq, uint32_t expiry, const void *key,
 		uint32_t klen, uint8_t flags, uint32_t off, uint32_t size);
 /* Append the trailer and write <dir>/<id>.hint durably (invariant 2).
- * Frees hb either way. 0 or -errno. */
+ * hb stays allocated (the caller may still read it); free it with
+ * kv_hint_abort(). 0 or -errno. */
 int kv_hint_commit(struct kv_hint_buf *hb, const char *dir, uint32_t seg_id);
 void kv_hint_abort(struct kv_hint_buf *hb);
 

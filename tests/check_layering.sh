@@ -1,13 +1,13 @@
 #!/bin/sh
 # check_layering.sh — the layering rules of the tree, checked on every `make test`:
-#  1. the engine (daemon/kv_{crc,sys,keydir,format,seg,engine}.[ch]) includes
+#  1. the engine (daemon/kv_{crc,sys,keydir,format,seg,engine,merge}.[ch]) includes
 #     neither libevent nor protobuf headers;
 #  2. libkvclient never includes daemon code;
 #  3. kvctl (client/) includes no daemon code and no protobuf: it talks to kvd
 #     only through kvclient.h.
 fail=0
 bad() { echo "layering: $1"; fail=1; }
-for f in daemon/kv_crc daemon/kv_sys daemon/kv_keydir daemon/kv_format daemon/kv_seg daemon/kv_engine; do
+for f in daemon/kv_crc daemon/kv_sys daemon/kv_keydir daemon/kv_format daemon/kv_seg daemon/kv_engine daemon/kv_engine_int daemon/kv_merge; do
 	for x in "$f.c" "$f.h"; do
 		[ -f "$x" ] || continue
 		grep -nE '#include *[<"](event2?/|event\.h|protobuf-c|kv\.pb-c)' "$x" && bad "$x includes libevent/protobuf"

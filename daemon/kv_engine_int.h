@@ -1,0 +1,79 @@
+/*
+ * kv_engine_int.h — the engine's internals shared by kv_engine.c and
+ * kv_merge.c. Not a public header: programs use kv_engine.h only.
+ */
+#ifndef KV_ENGINE_INT_H
+#define KV_ENGINE_INT_H
+
+#include "kv_engine.h"
+#include "kv_keydir.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kv_merge;
+
+struct seg {
+	uint32_t id;
+	int active;
+	int has_hint;
+	uint64_t size; /* bytes including header (and tail buffer when active) */
+	uint64_t live;
+	uint8_t *map;  /* sealed: whole file mapped read-only, or NULL */
+	size_t maplen;
+	uint64_t lru;
+};
+
+struct kv_engine {
+	char *dir;
+	struct kv_options opt;
+	int lock_fd;
+	kv_keydir *kd;
+
+	struct seg **segs; /* ascending id */
+	size_t nsegs, capsegs;
+	struct seg *active;
+	int active_fd;
+	uint8_t *amap; /* the active segment mapped read-only, amaplen bytes
+			  reserved; only bytes below wbuf_off are ever read */
+	size_t amaplen;
+
+	uint8_t *wbuf; /* tail buffer of the active segment (invariant 2) */
+	size_t wlen, wcap;
+	uint64_t wbuf_off;
+	uint64_t unsynced;
+	int dir_dirty; /* a file was created since the last directory fsync */
+
+	uint64_t seq;
+	unsigned nmapped;
+	uint64_t lru_clock;
+	unsigned iters; /* open iterators: no segment is deleted meanwhile */
+
+	int failed;
+	char failed_reason[256];
+
+	uint64_t n_syncs, n_puts, n_dels, n_gets, n_batches;
+
+	struct kv_merge *merge; /* the running merge job, or NULL (kv_merge.c) */
+	struct kv_merge_info minfo;
+};
+
+
+__attribute__((format(printf, 3, 4))) void kv_eng_log(kv_engine *e, int level, const char *fmt,
+							...);
+uint64_t kv_eng_now(const kv_engine *e);
+/* Turn the engine read-only (invariant 5 of kv_engine.c); logs once. */
+void kv_eng_fail(kv_engine *e, int rc, const char *what);
+struct seg *kv_eng_seg_find(const kv_engine *e, uint32_t id);
+int kv_eng_seg_add(kv_engine *e, struct seg *s);
+int kv_eng_seg_map(kv_engine *e, struct seg *s);
+void kv_eng_seg_unmap(kv_engine *e, struct seg *s);
+/* Remove segment s (its files and its table entry); frees s. */
+void kv_eng_seg_remove(kv_engine *e, struct seg *s);
+/* Seal the active segment and open next_id as the new active one. */
+int kv_eng_rotate(kv_engine *e, uint32_t next_id);
+void kv_eng_account_replace(kv_engine *e, const struct kv_loc *old);
+/* Kill and reap a running merge child (close, fork failure paths). */
+void kv_merge_abandon(kv_engine *e);
+
+#endif

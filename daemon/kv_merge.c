@@ -1,0 +1,753 @@
+/*
+ * kv_merge.c — compaction in a forked worker, with hint files and a keydir
+ * swap by location compare-and-swap (Basho bitcask's protocol; reasoning in
+ * DESIGN-NOTES "Merge").
+ *
+ * The job:
+ *
+ *            kv_engine_merge_start()               worker exits 0, all
+ *   IDLE ---------------------------> RUNNING ---- reports applied ----+
+ *    ^   seal active as R-1, reserve   |  kv_engine_merge_step():      |
+ *    |   ids [R, R+k), new active R+k, |  read pipe, apply <= budget   v
+ *    |   freeze keydir, fork           |  reports, waitpid(WNOHANG)  DELETING
+ *    |                                 |                               |
+ *    |      worker failed / killed /   |        no iterator open:      |
+ *    +------ bad report: keep what  <--+        unlink inputs oldest   |
+ *    |       was reported, remove the           first, fsync dir       |
+ *    |       unreported outputs (FAILED)                               |
+ *    +-----------------------------------------------------------------+
+ *
+ * Invariants:
+ *  1. Inputs are every segment below R (a full merge), so a tombstone or an
+ *     expired record can be dropped: any older value it shadows is an input
+ *     too, and not live, so it is not copied either.
+ *  2. Every write after the fork lands in segment R+k or later, above every
+ *     output: (segment id, offset) order stays right, after a restart too.
+ *  3. The worker copies only records its copy-on-write keydir snapshot
+ *     points at, and reports an output only once it is durable.
+ *  4. kvd moves an entry only if it still points at the reported old
+ *     location (kv_keydir_cas), so a key written or deleted during the
+ *     merge keeps its newer state.
+ *  5. Inputs are deleted only after the worker succeeded, every report was
+ *     applied, no input holds live bytes and no iterator is open; oldest
+ *     first, so a crash between two unlinks cannot resurrect a value whose
+ *     tombstone was dropped.
+ *  6. While the worker lives the keydir does not resize (copy-on-write).
+ *  7. A failed merge leaves no file kvd does not know about: outputs that
+ *     were renamed but not reported are removed, so a later merge cannot
+ *     drop a tombstone that such a file's copy would outlive.
+ */
+#include "kv_merge.h"
+
+#include "kv_engine.h"
+#include "kv_engine_int.h"
+#include "kv_format.h"
+#include "kv_seg.h"
+#include "kv_sys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PIPE_BUF_CAP (8u << 20) /* parent: stop reading the pipe past this */
+#define OUT_FLUSH (1u << 20)    /* worker: write output in 1 MiB chunks */
+
+enum mstate { M_RUNNING, M_DELETING };
+
+struct kv_merge {
+	enum mstate state;
+	pid_t pid;
+	int fd;          /* read end of the report pipe, -1 after EOF */
+	int exited;      /* the worker was reaped */
+	int status;      /* its wait status */
+	int done_seen;   /* DONE received */
+	char error[200]; /* ERROR received or a protocol problem */
+	uint32_t *in;    /* input ids, ascending */
+	uint32_t nin;
+	uint32_t R, k;   /* reserved output ids [R, R+k) */
+	uint32_t nout;
+	uint64_t in_bytes, out_bytes;
+	uint8_t *buf;    /* unparsed reports */
+	size_t len, cap, pos;
+	struct timespec t0;
+};
+
+/* ======================= the worker (child process) ======================= */
+
+struct out {
+	const char *dir;
+	int wfd;            /* report pipe */
+	uint32_t next_id, end_id;
+	uint32_t id;        /* current output, 0 when none */
+	int fd;
+	uint64_t size;      /* bytes written + buffered */
+	uint8_t *buf;
+	size_t blen, bcap;
+	struct kv_hint_buf hb;
+	uint64_t *old;      /* (seg << 32 | off) per hint entry */
+	size_t nold, capold;
+	uint64_t max_size;
+	uint64_t now;
+	long crash_at, crash_n;
+	uint32_t outputs;
+};
+
+static void crash_point(struct out *o)
+{
+	if (o->crash_at > 0 && ++o->crash_n == o->crash_at)
+		raise(SIGKILL);
+}
+
+static int send_all(int fd, const void *p, size_t n)
+{
+	return kv_write_all(fd, p, n); /* a broken pipe kills the worker (SIGPIPE) */
+}
+
+static int send_rep(struct out *o, uint8_t type, uint32_t a, uint32_t b, uint32_t c, uint32_t d,
+		    uint32_t e, uint32_t f, const void *key, uint32_t klen)
+{
+	uint8_t h[KV_MREP_HDR] = {0};
+	h[0] = type;
+	kv_put32(h + 4, klen);
+	kv_put32(h + 8, a);
+	kv_put32(h + 12, b);
+	kv_put32(h + 16, c);
+	kv_put32(h + 20, d);
+	kv_put32(h + 24, e);
+	kv_put32(h + 28, f);
+	int rc = send_all(o->wfd, h, sizeof h);
+	if (!rc && klen)
+		rc = send_all(o->wfd, key, klen);
+	return rc;
+}
+
+static int out_flush(struct out *o)
+{
+	int rc = o->blen ? kv_write_all(o->fd, o->buf, o->blen) : 0;
+	o->blen = 0;
+	return rc;
+}
+
+static int out_open(struct out *o)
+{
+	char tmp[PATH_MAX];
+	uint8_t hdr[KV_SEG_HDR];
+	if (o->next_id >= o->end_id)
+		return -ENOSPC; /* ran out of reserved ids: cannot happen (k = inputs + 1) */
+	o->id = o->next_id++;
+	kv_seg_path(tmp, sizeof tmp, o->dir, o->id, "seg.tmp");
+	kv_unlink(tmp);
+	o->fd = kv_open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0640);
+	if (o->fd < 0)
+		return o->fd;
+	crash_point(o);
+	kv_seg_hdr_encode(hdr, o->id, o->now);
+	memcpy(o->buf, hdr, sizeof hdr);
+	o->blen = sizeof hdr;
+	o->size = sizeof hdr;
+	o->nold = 0;
+	return kv_hint_begin(&o->hb, o->id);
+}
+
+/* Make the current output durable, then report it (invariant 3). */
+static int out_close(struct out *o)
+{
+	char tmp[PATH_MAX], path[PATH_MAX];
+	int rc;
+	if (!o->id)
+		return 0;
+	if ((rc = out_flush(o)) != 0)
+		goto out;
+	crash_point(o);
+	if ((rc = kv_fsync(o->fd)) != 0)
+		goto out;
+	crash_point(o);
+	rc = kv_close(o->fd);
+	o->fd = -1;
+	if (rc)
+		goto out;
+	kv_seg_path(tmp, sizeof tmp, o->dir, o->id, "seg.tmp");
+	kv_seg_path(path, sizeof path, o->dir, o->id, "seg");
+	if ((rc = kv_rename(tmp, path)) != 0)
+		goto out;
+	crash_point(o);
+	if ((rc = kv_fsync_dir(o->dir)) != 0)
+		goto out;
+	crash_point(o);
+	int has_hint = kv_hint_commit(&o->hb, o->dir, o->id) == 0;
+	crash_point(o);
+	if ((rc = send_rep(o, KV_MREP_OUTPUT, o->id, (uint32_t)o->size, (uint32_t)has_hint, 0, 0, 0,
+			   NULL, 0)) != 0)
+		goto out;
+	crash_point(o);
+	/* the moves, read back from the hint entries */
+	size_t off = KV_HINT_HDR;
+	for (size_t i = 0; i < o->nold; i++) {
+		const uint8_t *p = o->hb.data + off;
+		uint32_t klen = (uint32_t)kv_get16(p + 12) + 1u;
+		rc = send_rep(o, KV_MREP_MOVE, (uint32_t)(o->old[i] >> 32), (uint32_t)o->old[i], o->id,
+			      kv_get32(p + 16), kv_get32(p + 20), kv_get32(p + 8), p + KV_HINT_ENT,
+			      klen);
+		if (rc)
+			goto out;
+		off += KV_HINT_ENT + klen;
+		if (i == o->nold / 2)
+			crash_point(o); /* mid-report */
+	}
+	crash_point(o);
+	o->outputs++;
+out:
+	if (o->fd >= 0)
+		kv_close(o->fd);
+	o->fd = -1;
+	o->id = 0;
+	kv_hint_abort(&o->hb);
+	return rc;
+}
+
+/* Copy one live record into the outputs. */
+static int out_copy(struct out *o, uint32_t seg, uint32_t off, const struct kv_rec *r)
+{
+	int rc;
+	if (r->expiry && r->expiry <= o->now) /* expired: dropped (invariant 1) */
+		return send_rep(o, KV_MREP_DROP, seg, off, 0, 0, r->size, 0, r->key, r->klen);
+	if (o->id && o->size > KV_SEG_HDR && o->size + r->size > o->max_size)
+		if ((rc = out_close(o)) != 0)
+			return rc;
+	if (!o->id && (rc = out_open(o)) != 0)
+		return rc;
+	if (o->blen + r->size > o->bcap) {
+		if ((rc = out_flush(o)) != 0)
+			return rc;
+		if (r->size > o->bcap) {
+			uint8_t *nb = realloc(o->buf, r->size);
+			if (!nb)
+				return -ENOMEM;
+			o->buf = nb;
+			o->bcap = r->size;
+		}
+	}
+	uint32_t new_off = (uint32_t)o->size;
+	/* re-encoded without the BATCH flag: a batch is whole by now */
+	kv_rec_encode(o->buf + o->blen, KV_REC_PUT, (uint8_t)(r->flags & ~KV_RF_BATCH), r->seq,
+		      r->expiry, r->key, r->klen, r->value, r->vlen);
+	o->blen += r->size;
+	o->size += r->size;
+	if (o->blen >= OUT_FLUSH) {
+		if ((rc = out_flush(o)) != 0)
+			return rc;
+		crash_point(o);
+	}
+	if ((rc = kv_hint_add(&o->hb, r->seq, r->expiry, r->key, r->klen, 0, new_off, r->size)))
+		return rc;
+	if (o->nold == o->capold) {
+		size_t cap = o->capold ? o->capold * 2 : 4096;
+		uint64_t *n = realloc(o->old, cap * sizeof *n);
+		if (!n)
+			return -ENOMEM;
+		o->old = n;
+		o->capold = cap;
+	}
+	o->old[o->nold++] = (uint64_t)seg << 32 | off;
+	return 0;
+}
+
+struct child_scan {
+	kv_engine *e;
+	struct out *o;
+	uint32_t seg;
+	const uint8_t *data;
+	size_t len;
+};
+
+static int is_live(struct child_scan *c, const uint8_t *key, uint32_t klen, uint32_t off)
+{
+	struct kv_loc loc;
+	return kv_keydir_get(c->e->kd, key, klen, &loc) && loc.seg == c->seg && loc.off == off;
+}
+
+static int child_rec(void *arg, uint32_t off, const struct kv_rec *r)
+{
+	struct child_scan *c = arg;
+	if (r->type != KV_REC_PUT || !is_live(c, r->key, r->klen, off))
+		return 0; /* tombstones and dead records are dropped */
+	return out_copy(c->o, c->seg, off, r);
+}
+
+static int child_hint(void *arg, const struct kv_hint_ent *h)
+{
+	struct child_scan *c = arg;
+	struct kv_rec r;
+	if ((h->flags & KV_HF_TOMBSTONE) || !is_live(c, h->key, h->klen, h->off))
+		return 0;
+	if ((uint64_t)h->off + h->size > c->len ||
+	    kv_rec_decode(c->data + h->off, h->size, &r) != KV_DEC_OK || r.type != KV_REC_PUT)
+		return KV_ECORRUPT;
+	return out_copy(c->o, c->seg, h->off, &r);
+}
+
+static int child_merge(kv_engine *e, struct kv_merge *m, struct out *o, char *err, size_t errlen)
+{
+	char path[PATH_MAX];
+	int rc = 0;
+	for (uint32_t i = 0; i < m->nin && !rc; i++) {
+		struct child_scan c = {e, o, m->in[i], NULL, 0};
+		uint8_t *data = NULL, *hdata = NULL;
+		size_t len = 0, hlen = 0;
+		kv_seg_path(path, sizeof path, e->dir, c.seg, "seg");
+		if ((rc = kv_map_file(path, &data, &len)) != 0) {
+			snprintf(err, errlen, "segment %u: %s", c.seg, kv_strerror(rc));
+			break;
+		}
+		c.data = data;
+		c.len = len;
+		struct seg *s = kv_eng_seg_find(e, c.seg);
+		int done = 0;
+		if (s && s->has_hint) {
+			kv_seg_path(path, sizeof path, e->dir, c.seg, "hint");
+			if (kv_map_file(path, &hdata, &hlen) == 0) {
+				if (kv_hint_parse(hdata, hlen, c.seg, child_hint, &c) == 0)
+					done = 1; /* a corrupt hint passes nothing: scan instead */
+				if (hdata)
+					munmap(hdata, hlen);
+			}
+			/* an error after some copies: outputs are not reported yet,
+			 * but their hint entries are; a scan would copy twice */
+			if (!done && o->id) {
+				rc = KV_ECORRUPT;
+				snprintf(err, errlen, "segment %u: hint file failed mid-merge", c.seg);
+			}
+		}
+		if (!done && !rc) {
+			struct kv_scan_result res;
+			rc = kv_seg_scan(data, len, e->opt.repair, child_rec, &c, &res);
+			if (!rc && res.bad && !e->opt.repair)
+				rc = KV_ECORRUPT;
+			if (rc)
+				snprintf(err, errlen, "segment %u: %s", c.seg, kv_strerror(rc));
+		}
+		if (data)
+			munmap(data, len);
+	}
+	if (!rc && (rc = out_close(o)) != 0)
+		snprintf(err, errlen, "writing merge output: %s", kv_strerror(rc));
+	return rc;
+}
+
+static void child_run(kv_engine *e, struct kv_merge *m, int wfd)
+{
+	struct out o = {0};
+	char err[200] = "";
+	const char *crash = getenv(KV_MERGE_CRASH_ENV);
+	o.dir = e->dir;
+	o.wfd = wfd;
+	o.next_id = m->R;
+	o.end_id = m->R + m->k;
+	o.fd = -1;
+	o.max_size = e->opt.max_segment_size;
+	o.now = kv_eng_now(e);
+	o.crash_at = crash ? atol(crash) : 0;
+	o.bcap = OUT_FLUSH + (1u << 16);
+	o.buf = malloc(o.bcap);
+	int rc = o.buf ? child_merge(e, m, &o, err, sizeof err) : -ENOMEM;
+	if (rc) {
+		if (!err[0])
+			snprintf(err, sizeof err, "%s", kv_strerror(rc));
+		send_rep(&o, KV_MREP_ERROR, 0, 0, 0, 0, 0, 0, err, (uint32_t)strlen(err));
+		_exit(1);
+	}
+	crash_point(&o);
+	send_rep(&o, KV_MREP_DONE, m->nin, o.outputs, 0, 0, 0, 0, NULL, 0);
+	crash_point(&o);
+	_exit(0);
+}
+
+/* ======================= kvd's side (parent) ======================= */
+
+static void merge_free(kv_engine *e, struct kv_merge *m)
+{
+	if (m->fd >= 0)
+		close(m->fd);
+	free(m->in);
+	free(m->buf);
+	free(m);
+	e->merge = NULL;
+	kv_keydir_freeze(e->kd, 0); /* invariant 6 */
+}
+
+static uint64_t ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)(t.tv_sec - t0->tv_sec) * 1000u +
+	       (uint64_t)((t.tv_nsec - t0->tv_nsec) / 1000000);
+}
+
+int kv_engine_merge_wanted(const kv_engine *e, double min_dead_ratio, uint64_t min_dead_bytes)
+{
+	uint64_t total = 0, dead = 0;
+	if (e->merge || e->failed)
+		return 0;
+	for (size_t i = 0; i < e->nsegs; i++) {
+		const struct seg *s = e->segs[i];
+		if (s->active)
+			continue;
+		total += s->size - KV_SEG_HDR;
+		dead += s->size - KV_SEG_HDR - s->live;
+	}
+	if (dead == 0)
+		return 0;
+	return dead >= min_dead_bytes || (double)dead >= min_dead_ratio * (double)total;
+}
+
+int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg)
+{
+	int p[2] = {-1, -1}, rc;
+	if (e->merge)
+		return KV_EBUSY;
+	if (e->failed)
+		return KV_EREADONLY;
+	uint64_t dead = 0;
+	for (size_t i = 0; i < e->nsegs; i++)
+		dead += e->segs[i]->size - KV_SEG_HDR - e->segs[i]->live;
+	if (dead == 0)
+		return 1;
+	struct kv_merge *m = calloc(1, sizeof *m);
+	if (!m)
+		return -ENOMEM;
+	m->fd = -1;
+	clock_gettime(CLOCK_MONOTONIC, &m->t0);
+	/* inputs: every segment, the active one included once sealed */
+	m->in = calloc(e->nsegs, sizeof *m->in);
+	if (!m->in) {
+		free(m);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < e->nsegs; i++) {
+		m->in[m->nin++] = e->segs[i]->id;
+		m->in_bytes += e->segs[i]->size;
+	}
+	m->R = e->active->id + 1;
+	m->k = m->nin + 1;
+	if ((uint64_t)m->R + m->k >= UINT32_MAX) {
+		rc = -EOVERFLOW;
+		goto fail;
+	}
+	/* invariant 2: the new active segment sorts above every output */
+	if ((rc = kv_eng_rotate(e, m->R + m->k)) != 0)
+		goto fail;
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	kv_keydir_freeze(e->kd, 1); /* invariant 6 */
+	e->merge = m;
+	pid_t pid = fork();
+	if (pid < 0) {
+		rc = -errno;
+		e->merge = NULL;
+		kv_keydir_freeze(e->kd, 0);
+		goto fail;
+	}
+	if (pid == 0) { /* the worker */
+		/* quit with kvd: an orphaned worker must not write on */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() == 1)
+			_exit(1);
+		if (child_init)
+			child_init(arg);
+		sigset_t all;
+		sigemptyset(&all);
+		sigprocmask(SIG_SETMASK, &all, NULL);
+		for (int sig = 1; sig < NSIG; sig++)
+			if (sig != SIGKILL && sig != SIGSTOP)
+				signal(sig, SIG_DFL);
+		if (p[1] != 3) {
+			dup2(p[1], 3);
+			close(p[1]);
+		}
+		closefrom(4); /* listener, clients, LOCK, active segment, the read end */
+		child_run(e, m, 3);
+	}
+	close(p[1]);
+	m->pid = pid;
+	m->fd = p[0];
+	fcntl(m->fd, F_SETFL, fcntl(m->fd, F_GETFL) | O_NONBLOCK);
+	m->state = M_RUNNING;
+	e->minfo.pid = pid;
+	e->minfo.last_error[0] = 0;
+	kv_eng_log(e, KV_LOG_INFO, "merge started: worker pid %d, %u input segments, outputs %u..%u",
+		   (int)pid, m->nin, m->R, m->R + m->k - 1);
+	return 0;
+fail:
+	if (p[0] >= 0)
+		close(p[0]);
+	if (p[1] >= 0)
+		close(p[1]);
+	free(m->in);
+	free(m);
+	return rc;
+}
+
+int kv_engine_merge_fd(const kv_engine *e)
+{
+	return e->merge && e->merge->state == M_RUNNING ? e->merge->fd : -1;
+}
+
+static void set_error(struct kv_merge *m, const char *msg)
+{
+	if (!m->error[0])
+		snprintf(m->error, sizeof m->error, "%s", msg);
+}
+
+/* Apply one report; returns its size, 0 when incomplete, -1 when bad. */
+static long apply_one(kv_engine *e, struct kv_merge *m, const uint8_t *p, size_t avail)
+{
+	if (avail < KV_MREP_HDR)
+		return 0;
+	uint8_t type = p[0];
+	uint32_t klen = kv_get32(p + 4), a = kv_get32(p + 8), b = kv_get32(p + 12),
+		 c = kv_get32(p + 16), d = kv_get32(p + 20), sz = kv_get32(p + 24),
+		 f = kv_get32(p + 28);
+	if (klen > KV_MAX_KEY || ((type == KV_MREP_MOVE || type == KV_MREP_DROP) && klen == 0))
+		return -1;
+	if (avail - KV_MREP_HDR < klen)
+		return 0;
+	const uint8_t *key = p + KV_MREP_HDR;
+	switch (type) {
+	case KV_MREP_OUTPUT: {
+		if (a < m->R || a >= m->R + m->k || kv_eng_seg_find(e, a))
+			return -1;
+		struct seg *s = calloc(1, sizeof *s);
+		if (!s)
+			return -1;
+		s->id = a;
+		s->size = b;
+		s->has_hint = c != 0;
+		if (kv_eng_seg_add(e, s) != 0) {
+			free(s);
+			return -1;
+		}
+		m->nout++;
+		m->out_bytes += b;
+		break;
+	}
+	case KV_MREP_MOVE: {
+		struct kv_loc from = {a, b, sz, 0}, to = {c, d, sz, f};
+		struct seg *ns = kv_eng_seg_find(e, c);
+		if (!ns || c < m->R || c >= m->R + m->k)
+			return -1;
+		if (kv_keydir_cas(e->kd, key, klen, &from, &to)) { /* invariant 4 */
+			kv_eng_account_replace(e, &from);
+			ns->live += sz;
+		}
+		break;
+	}
+	case KV_MREP_DROP: {
+		struct kv_loc at = {a, b, sz, 0};
+		if (kv_keydir_del_at(e->kd, key, klen, &at))
+			kv_eng_account_replace(e, &at);
+		break;
+	}
+	case KV_MREP_DONE:
+		m->done_seen = 1;
+		break;
+	case KV_MREP_ERROR: {
+		char msg[200];
+		snprintf(msg, sizeof msg, "worker: %.*s", (int)(klen < 180 ? klen : 180),
+			 (const char *)key);
+		set_error(m, msg);
+		break;
+	}
+	default:
+		return -1;
+	}
+	return (long)(KV_MREP_HDR + klen);
+}
+
+/* Remove files in the reserved range that kvd does not know (invariant 7). */
+static void remove_unreported(kv_engine *e, struct kv_merge *m)
+{
+	static const char *const ext[] = {"seg", "hint", "seg.tmp", "hint.tmp"};
+	char path[PATH_MAX];
+	for (uint32_t id = m->R; id < m->R + m->k; id++) {
+		if (kv_eng_seg_find(e, id))
+			continue;
+		for (size_t i = 0; i < sizeof ext / sizeof *ext; i++) {
+			kv_seg_path(path, sizeof path, e->dir, id, ext[i]);
+			kv_unlink(path);
+		}
+	}
+	kv_fsync_dir(e->dir);
+}
+
+static int finish_failed(kv_engine *e, struct kv_merge *m)
+{
+	if (!m->error[0]) {
+		char msg[200];
+		if (m->exited && WIFSIGNALED(m->status))
+			snprintf(msg, sizeof msg, "worker killed by signal %d", WTERMSIG(m->status));
+		else if (m->exited)
+			snprintf(msg, sizeof msg, "worker exited with status %d",
+				 WEXITSTATUS(m->status));
+		else
+			snprintf(msg, sizeof msg, "merge failed");
+		set_error(m, msg);
+	}
+	remove_unreported(e, m);
+	snprintf(e->minfo.last_error, sizeof e->minfo.last_error, "%s", m->error);
+	e->minfo.failures++;
+	e->minfo.pid = 0;
+	kv_eng_log(e, KV_LOG_ERROR, "merge failed: %s (%u outputs kept, inputs kept)", m->error,
+		   m->nout);
+	merge_free(e, m);
+	return -EIO;
+}
+
+/* Delete the inputs, oldest first (invariant 5). */
+static void delete_inputs(kv_engine *e, struct kv_merge *m)
+{
+	uint64_t freed = 0;
+	for (uint32_t i = 0; i < m->nin; i++) {
+		struct seg *s = kv_eng_seg_find(e, m->in[i]);
+		if (!s)
+			continue;
+		if (s->live) { /* never expected: keep it and everything newer */
+			kv_eng_log(e, KV_LOG_ERROR,
+				   "merge: input segment %u still holds %llu live bytes; keeping "
+				   "it and the newer inputs",
+				   s->id, (unsigned long long)s->live);
+			break;
+		}
+		freed += s->size;
+		kv_eng_seg_remove(e, s);
+	}
+	kv_fsync_dir(e->dir);
+	e->dir_dirty = 0;
+	uint64_t out = 0;
+	for (uint32_t id = m->R; id < m->R + m->k; id++) {
+		struct seg *s = kv_eng_seg_find(e, id);
+		if (s)
+			out += s->size;
+	}
+	e->minfo.merges++;
+	e->minfo.last_ms = ms_since(&m->t0);
+	e->minfo.last_reclaimed = freed > out ? freed - out : 0;
+	e->minfo.total_reclaimed += e->minfo.last_reclaimed;
+	e->minfo.last_inputs = m->nin;
+	e->minfo.last_outputs = m->nout;
+	e->minfo.pid = 0;
+	kv_eng_log(e, KV_LOG_INFO,
+		   "merge done in %llu ms: %u inputs (%llu bytes) -> %u outputs (%llu bytes), "
+		   "%llu bytes reclaimed",
+		   (unsigned long long)e->minfo.last_ms, m->nin, (unsigned long long)freed, m->nout,
+		   (unsigned long long)out, (unsigned long long)e->minfo.last_reclaimed);
+	merge_free(e, m);
+}
+
+/* Read what the pipe holds without blocking. */
+static void read_pipe(struct kv_merge *m)
+{
+	while (m->fd >= 0 && m->len - m->pos < PIPE_BUF_CAP) {
+		if (m->pos > 0 && m->pos == m->len) {
+			m->pos = m->len = 0;
+		} else if (m->pos > m->cap / 2) {
+			memmove(m->buf, m->buf + m->pos, m->len - m->pos);
+			m->len -= m->pos;
+			m->pos = 0;
+		}
+		if (m->cap - m->len < 65536) {
+			size_t cap = m->cap ? m->cap * 2 : 262144;
+			uint8_t *n = realloc(m->buf, cap);
+			if (!n)
+				return;
+			m->buf = n;
+			m->cap = cap;
+		}
+		ssize_t r = read(m->fd, m->buf + m->len, m->cap - m->len);
+		if (r > 0) {
+			m->len += (size_t)r;
+		} else if (r == 0) {
+			close(m->fd);
+			m->fd = -1;
+		} else if (errno != EINTR) {
+			if (errno != EAGAIN) {
+				close(m->fd);
+				m->fd = -1;
+			}
+			return;
+		}
+	}
+}
+
+int kv_engine_merge_step(kv_engine *e, unsigned budget)
+{
+	struct kv_merge *m = e->merge;
+	if (!m)
+		return 0;
+	if (m->state == M_RUNNING) {
+		read_pipe(m);
+		while (budget-- > 0 && m->pos < m->len) {
+			long n = apply_one(e, m, m->buf + m->pos, m->len - m->pos);
+			if (n < 0) {
+				set_error(m, "malformed report from the worker");
+				kill(m->pid, SIGKILL);
+				break;
+			}
+			if (n == 0)
+				break;
+			m->pos += (size_t)n;
+		}
+		if (!m->exited) {
+			pid_t r = waitpid(m->pid, &m->status, WNOHANG);
+			if (r == m->pid)
+				m->exited = 1;
+		}
+		if (m->error[0] && !m->exited)
+			return 1; /* killed above; reaped on a later step */
+		if (!m->exited || m->fd >= 0)
+			return 1;
+		/* the worker is gone and the pipe is drained of complete reports */
+		if (!m->error[0] && m->len - m->pos >= KV_MREP_HDR &&
+		    m->len - m->pos - KV_MREP_HDR >= kv_get32(m->buf + m->pos + 4))
+			return 1; /* complete reports are left to apply */
+		int ok = !m->error[0] && m->done_seen && WIFEXITED(m->status) &&
+			 WEXITSTATUS(m->status) == 0;
+		if (!ok)
+			return finish_failed(e, m);
+		m->state = M_DELETING;
+	}
+	if (e->iters > 0)
+		return 1; /* an iterator may still read the inputs */
+	delete_inputs(e, m);
+	return 0;
+}
+
+void kv_merge_abandon(kv_engine *e)
+{
+	struct kv_merge *m = e->merge;
+	if (!m)
+		return;
+	if (!m->exited) {
+		kill(m->pid, SIGKILL);
+		waitpid(m->pid, &m->status, 0);
+	}
+	/* unreported outputs are left for recovery: with every file known
+	 * again at the next open, they replay in the right order */
+	merge_free(e, m);
+}
+
+void kv_engine_merge_info(const kv_engine *e, struct kv_merge_info *mi)
+{
+	*mi = e->minfo;
+	mi->state = !e->merge ? "idle" : e->merge->state == M_RUNNING ? "running" : "deleting";
+}

@@ -1,0 +1,546 @@
+/*
+ * test_merge.c — the merge worker, driven through the engine API:
+ * space reclaimed on disk (talent-plan's compaction test), writes racing a
+ * merge, outputs loaded from their hint files, scans during a merge, and
+ * the worker killed with SIGKILL at every crash point, and kvd itself
+ * killed mid-merge: each time the store must equal a reference model, with
+ * no temp files left and no space counted twice.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "kv_engine.h"
+#include "kv_test_util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#define NK 1000
+#define SEGSZ 65536
+
+static uint64_t fake_now = 1700000000;
+static uint64_t fake_clock(void *arg)
+{
+	(void)arg;
+	return fake_now;
+}
+
+static char logbuf[16384];
+static void capture_log(void *arg, int level, const char *msg)
+{
+	(void)arg;
+	(void)level;
+	size_t n = strlen(logbuf);
+	if (n + strlen(msg) + 2 < sizeof logbuf)
+		snprintf(logbuf + n, sizeof logbuf - n, "%s\n", msg);
+}
+
+static kv_engine *open_eng(const char *dir)
+{
+	struct kv_options o;
+	kv_options_init(&o);
+	o.max_segment_size = SEGSZ;
+	o.clock = fake_clock;
+	o.log = capture_log;
+	char err[512] = "";
+	kv_engine *e = NULL;
+	int rc = kv_engine_open(dir, &o, &e, err, sizeof err);
+	if (rc)
+		fail_msg("open %s: %s (%s)", dir, kv_strerror(rc), err);
+	return e;
+}
+
+/* Run a merge to its end (bounded: 30 s). Returns the last step's value. */
+static int run_merge(kv_engine *e, void (*during)(kv_engine *, int), int *steps_out)
+{
+	int rc = kv_engine_merge_start(e, NULL, NULL);
+	if (rc == 1)
+		return 1;
+	assert_int_equal(rc, 0);
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int steps = 0;
+	for (;;) {
+		rc = kv_engine_merge_step(e, 64);
+		if (rc <= 0)
+			break;
+		if (during)
+			during(e, steps);
+		steps++;
+		struct timespec ts = {0, 200000};
+		nanosleep(&ts, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if (t.tv_sec - t0.tv_sec > 30)
+			fail_msg("merge did not finish within 30 s");
+	}
+	if (steps_out)
+		*steps_out = steps;
+	return rc;
+}
+
+/* --- reference model ------------------------------------------------------------------- */
+
+struct model {
+	char val[NK][64];
+	int live[NK];
+};
+static struct model M;
+
+static void kname(char *k, size_t n, int i)
+{
+	snprintf(k, n, "key-%04d", i);
+}
+
+static void m_put(kv_engine *e, int i, const char *v, uint32_t ttl)
+{
+	char k[32];
+	kname(k, sizeof k, i);
+	assert_int_equal(kv_engine_put(e, k, strlen(k), v, strlen(v), ttl), 0);
+	snprintf(M.val[i], sizeof M.val[i], "%s", v);
+	M.live[i] = 1;
+}
+
+static void m_del(kv_engine *e, int i)
+{
+	char k[32];
+	kname(k, sizeof k, i);
+	int rc = kv_engine_delete(e, k, strlen(k));
+	assert_true(rc == 0 || rc == KV_ENOTFOUND);
+	M.live[i] = 0;
+}
+
+static void m_check(kv_engine *e, const char *when)
+{
+	struct kv_buf b = {0};
+	char k[32];
+	int live = 0;
+	for (int i = 0; i < NK; i++) {
+		kname(k, sizeof k, i);
+		int rc = kv_engine_get(e, k, strlen(k), &b, NULL);
+		if (M.live[i]) {
+			if (rc != 0 || b.len != strlen(M.val[i]) || memcmp(b.data, M.val[i], b.len))
+				fail_msg("%s: %s lost or wrong (rc %d)", when, k, rc);
+			live++;
+		} else if (rc != KV_ENOTFOUND) {
+			fail_msg("%s: %s resurrected", when, k);
+		}
+	}
+	kv_buf_free(&b);
+}
+
+static uint64_t dir_bytes(const char *dir, int *tmp_files)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	uint64_t total = 0;
+	char path[PATH_MAX];
+	*tmp_files = 0;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+		long long s = kvt_file_size(path);
+		if (s > 0)
+			total += (uint64_t)s;
+		if (strstr(de->d_name, ".tmp"))
+			(*tmp_files)++;
+	}
+	closedir(d);
+	return total;
+}
+
+static void value_for(char *v, size_t n, int round, int i)
+{
+	snprintf(v, n, "r%03d-i%04d-%.40s", round, i, "................................................");
+}
+
+/* ~200-byte values for the space test (hint files add 32 B per key) */
+static void big_value_for(char *v, size_t n, int round, int i)
+{
+	snprintf(v, n, "r%03d-i%04d-%0188d", round, i, 0);
+}
+
+/* A store with history: overwrites, deletes, a batch, an expired TTL. */
+static void build_history(kv_engine *e, int rounds)
+{
+	char v[64];
+	memset(&M, 0, sizeof M);
+	for (int r = 0; r < rounds; r++)
+		for (int i = 0; i < NK; i++) {
+			value_for(v, sizeof v, r, i);
+			m_put(e, i, v, 0);
+		}
+	for (int i = 0; i < NK; i += 7)
+		m_del(e, i);
+	struct kv_batch_op ops[2] = {{KV_OP_PUT, "key-0001", 8, "batched", 7, 0},
+				     {KV_OP_DELETE, "key-0002", 8, NULL, 0, 0}};
+	assert_int_equal(kv_engine_batch(e, ops, 2), 2);
+	snprintf(M.val[1], sizeof M.val[1], "batched");
+	M.live[2] = 0;
+	m_put(e, 3, "short-lived", 5); /* expires below */
+	fake_now += 10;
+	M.live[3] = 0;
+}
+
+/* --- tests ---------------------------------------------------------------------------- */
+
+static void test_compaction_settles(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mcompact");
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(dir);
+	char v[256];
+	memset(&M, 0, sizeof M);
+	int tmp;
+	struct kv_buf b = {0};
+	for (int round = 0; round < 30; round++) {
+		for (int i = 0; i < NK; i++) {
+			char k[32];
+			big_value_for(v, sizeof v, round, i);
+			kname(k, sizeof k, i);
+			assert_int_equal(kv_engine_put(e, k, strlen(k), v, strlen(v), 0), 0);
+		}
+		if (round % 10 == 9) {
+			assert_int_equal(run_merge(e, NULL, NULL), 0);
+			struct kv_stats st;
+			kv_engine_stats(e, &st);
+			uint64_t on_disk = dir_bytes(dir, &tmp);
+			print_message("round %d: live %llu B, whole directory (segments, hints, "
+				      "LOCK) %llu B (%.2fx), %zu segments\n",
+				      round, (unsigned long long)st.live_bytes,
+				      (unsigned long long)on_disk,
+				      (double)on_disk / (double)st.live_bytes, st.nsegs);
+			assert_true(on_disk <= st.live_bytes * 12 / 10); /* <= 1.2x live */
+			assert_int_equal(st.merge.merges, (uint64_t)(round / 10 + 1));
+			assert_true(st.merge.last_reclaimed > 0);
+			kv_stats_free(&st);
+		}
+	}
+	kv_engine_close(e);
+	e = open_eng(dir);
+	for (int i = 0; i < NK; i++) { /* all values intact after a restart */
+		char k[32];
+		kname(k, sizeof k, i);
+		big_value_for(v, sizeof v, 29, i);
+		assert_int_equal(kv_engine_get(e, k, strlen(k), &b, NULL), 0);
+		assert_int_equal(b.len, strlen(v));
+		assert_memory_equal(b.data, v, b.len);
+	}
+	kv_buf_free(&b);
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
+static void racing_writes(kv_engine *e, int step)
+{
+	char v[64];
+	for (int j = 0; j < 5; j++) {
+		int i = (step * 37 + j * 101) % NK;
+		if ((step + j) % 4 == 0) {
+			m_del(e, i);
+		} else {
+			snprintf(v, sizeof v, "during-%d-%d", step, j);
+			m_put(e, i, v, 0);
+		}
+	}
+}
+
+static void test_writes_racing_merge(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mrace");
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(dir);
+	build_history(e, 5);
+	int steps = 0;
+	assert_int_equal(run_merge(e, racing_writes, &steps), 0);
+	print_message("merge steps with racing writes: %d\n", steps);
+	assert_true(steps > 3);
+	m_check(e, "after merge");
+	kv_engine_close(e);
+	logbuf[0] = 0;
+	e = open_eng(dir);
+	m_check(e, "after restart");
+	/* the merged outputs opened from their hint files: no scan, no hint rewrite */
+	assert_null(strstr(logbuf, "unusable"));
+	struct kv_stats st;
+	kv_engine_stats(e, &st);
+	for (size_t i = 0; i < st.nsegs; i++)
+		assert_true(st.seg[i].active || st.seg[i].has_hint);
+	kv_stats_free(&st);
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
+static void test_scan_during_merge(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mscan");
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(dir);
+	build_history(e, 4);
+	assert_int_equal(kv_engine_merge_start(e, NULL, NULL), 0);
+	/* a scan opened during the merge, read while the swap proceeds */
+	kv_iter *it;
+	assert_int_equal(kv_iter_open(e, "key-", 4, &it), 0);
+	static char seen[NK];
+	memset(seen, 0, sizeof seen);
+	struct kv_buf val = {0};
+	const void *k;
+	size_t kl;
+	int n = 0, rc, guard = 0;
+	while ((rc = kv_iter_next(it, &k, &kl, &val)) == 1) {
+		char name[16] = {0};
+		memcpy(name, k, kl < 15 ? kl : 15);
+		int i = atoi(name + 4);
+		if (seen[i]++)
+			fail_msg("%s returned twice", name);
+		assert_int_equal(val.len, strlen(M.val[i]));
+		assert_memory_equal(val.data, M.val[i], val.len);
+		n++;
+		if (n % 50 == 0 && guard++ < 1000)
+			kv_engine_merge_step(e, 100);
+	}
+	assert_int_equal(rc, 0);
+	int live = 0;
+	for (int i = 0; i < NK; i++)
+		live += M.live[i];
+	assert_int_equal(n, live);
+	/* inputs are not deleted while the iterator is open */
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < 100000 && kv_engine_merge_step(e, 1000) > 0; i++) {
+		struct kv_merge_info mi;
+		kv_engine_merge_info(e, &mi);
+		if (strcmp(mi.state, "deleting") == 0)
+			break;
+		struct timespec ts = {0, 100000};
+		nanosleep(&ts, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		assert_true(t.tv_sec - t0.tv_sec < 30);
+	}
+	struct kv_merge_info mi;
+	kv_engine_merge_info(e, &mi);
+	assert_string_equal(mi.state, "deleting"); /* waiting for the iterator */
+	kv_iter_close(it);
+	assert_int_equal(kv_engine_merge_step(e, 1000), 0); /* now the inputs go */
+	kv_engine_merge_info(e, &mi);
+	assert_string_equal(mi.state, "idle");
+	assert_int_equal(mi.merges, 1);
+	m_check(e, "after scan + merge");
+	kv_buf_free(&val);
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
+static void copy_dir(const char *from, const char *to)
+{
+	char cmd[PATH_MAX * 2 + 32];
+	kvt_rmrf(to);
+	snprintf(cmd, sizeof cmd, "cp -a '%s' '%s'", from, to);
+	assert_int_equal(system(cmd), 0);
+}
+
+static uint64_t expected_live_bytes(void)
+{
+	uint64_t total = 0;
+	char k[32];
+	for (int i = 0; i < NK; i++)
+		if (M.live[i]) {
+			kname(k, sizeof k, i);
+			total += 24 + strlen(k) + strlen(M.val[i]);
+		}
+	return total;
+}
+
+/* Live bytes equal the model's exactly: no space counted twice. Before a
+ * completed merge the expired record of build_history() (43 bytes) may
+ * still be counted: expired keys are dropped from disk by merge. */
+static void check_live_bytes(kv_engine *e, int point, int expired_may_remain)
+{
+	struct kv_stats st;
+	kv_engine_stats(e, &st);
+	uint64_t want = expected_live_bytes();
+	int ok = st.live_bytes == want || (expired_may_remain && st.live_bytes == want + 43);
+	if (!ok)
+		fail_msg("point %d: live bytes %llu, expected %llu", point,
+			 (unsigned long long)st.live_bytes, (unsigned long long)want);
+	kv_stats_free(&st);
+}
+
+static void test_worker_killed_at_every_point(void **state)
+{
+	(void)state;
+	char *base = kvt_mkdtemp("mkill");
+	char work[PATH_MAX];
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(base);
+	build_history(e, 5);
+	kv_engine_close(e);
+	struct model saved = M;
+	uint64_t saved_now = fake_now;
+	snprintf(work, sizeof work, "%s.work", base);
+	int point, completed = 0, killed = 0;
+	for (point = 1; point <= 200 && !completed; point++) {
+		M = saved;
+		fake_now = saved_now;
+		copy_dir(base, work);
+		e = open_eng(work);
+		char num[16];
+		snprintf(num, sizeof num, "%d", point);
+		setenv("KVD_MERGE_CRASH_AT", num, 1);
+		int rc = run_merge(e, racing_writes, NULL);
+		unsetenv("KVD_MERGE_CRASH_AT");
+		struct kv_merge_info mi;
+		kv_engine_merge_info(e, &mi);
+		if (rc == 0) {
+			completed = 1;
+		} else {
+			assert_true(rc < 0);
+			assert_non_null(strstr(mi.last_error, "signal 9"));
+			killed++;
+		}
+		m_check(e, "after the worker died");
+		int tmp;
+		dir_bytes(work, &tmp);
+		assert_int_equal(tmp, 0); /* a failed merge cleans up after itself */
+		kv_engine_close(e);
+		e = open_eng(work);
+		m_check(e, "after restart");
+		check_live_bytes(e, point, 1);
+		/* and a merge after the crash completes cleanly */
+		assert_true(run_merge(e, NULL, NULL) >= 0);
+		m_check(e, "after a second merge");
+		check_live_bytes(e, point, 0);
+		kv_engine_close(e);
+	}
+	print_message("worker killed at %d distinct points, then a clean run\n", killed);
+	assert_true(completed);
+	assert_true(killed >= 20);
+	kvt_rmrf(work);
+	kvt_rmrf(base);
+	free(base);
+}
+
+/* kvd itself killed mid-merge: a forked process plays kvd and SIGKILLs
+ * itself after n merge steps; writes are synced so the model is exact. */
+static void test_kvd_killed_mid_merge(void **state)
+{
+	(void)state;
+	char *base = kvt_mkdtemp("mkvd");
+	char work[PATH_MAX];
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(base);
+	build_history(e, 5);
+	kv_engine_close(e);
+	struct model saved = M;
+	snprintf(work, sizeof work, "%s.work", base);
+	for (int n = 0; n < 12; n++) {
+		M = saved;
+		copy_dir(base, work);
+		int pfd[2];
+		assert_int_equal(pipe(pfd), 0);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			close(pfd[0]);
+			kv_engine *ce = open_eng(work);
+			if (kv_engine_merge_start(ce, NULL, NULL) != 0)
+				_exit(3);
+			struct kv_merge_info mi;
+			kv_engine_merge_info(ce, &mi);
+			int wpid = mi.pid;
+			for (int s = 0; s < n * 3; s++) {
+				racing_writes(ce, s);
+				kv_engine_sync(ce);
+				kv_engine_merge_step(ce, 16);
+				struct timespec ts = {0, 500000};
+				nanosleep(&ts, NULL);
+			}
+			/* report the model's changes and the worker pid, then die */
+			if (write(pfd[1], &wpid, sizeof wpid) != sizeof wpid ||
+			    write(pfd[1], &M, sizeof M) != sizeof M)
+				_exit(4);
+			raise(SIGKILL);
+		}
+		close(pfd[1]);
+		int wpid = 0;
+		assert_int_equal(read(pfd[0], &wpid, sizeof wpid), (ssize_t)sizeof wpid);
+		size_t got = 0;
+		while (got < sizeof M) {
+			ssize_t r = read(pfd[0], (char *)&M + got, sizeof M - got);
+			assert_true(r > 0);
+			got += (size_t)r;
+		}
+		close(pfd[0]);
+		int status;
+		waitpid(pid, &status, 0);
+		assert_true(WIFSIGNALED(status));
+		/* the worker dies with kvd (PR_SET_PDEATHSIG); wait for it, bounded */
+		for (int i = 0; i < 500 && kill(wpid, 0) == 0; i++) {
+			struct timespec ts = {0, 10000000};
+			nanosleep(&ts, NULL);
+		}
+		assert_int_equal(kill(wpid, 0), -1);
+		e = open_eng(work);
+		m_check(e, "after kvd was killed mid-merge");
+		int tmp;
+		dir_bytes(work, &tmp);
+		assert_int_equal(tmp, 0);
+		check_live_bytes(e, n, 1);
+		assert_true(run_merge(e, NULL, NULL) >= 0);
+		m_check(e, "after a merge following the crash");
+		check_live_bytes(e, n, 0);
+		kv_engine_close(e);
+		e = open_eng(work);
+		m_check(e, "after a second restart");
+		kv_engine_close(e);
+	}
+	kvt_rmrf(work);
+	kvt_rmrf(base);
+	free(base);
+}
+
+static void test_nothing_to_merge(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mnone");
+	kv_engine *e = open_eng(dir);
+	assert_int_equal(kv_engine_merge_start(e, NULL, NULL), 1);
+	kv_engine_put(e, "a", 1, "b", 1, 0);
+	assert_int_equal(kv_engine_merge_start(e, NULL, NULL), 1); /* no dead bytes */
+	kv_engine_put(e, "a", 1, "c", 1, 0);
+	assert_false(kv_engine_merge_wanted(e, 0.4, 1u << 30)); /* the active does not count */
+	assert_int_equal(kv_engine_merge_start(e, NULL, NULL), 0);
+	assert_int_equal(kv_engine_merge_start(e, NULL, NULL), KV_EBUSY);
+	while (kv_engine_merge_step(e, 100) > 0)
+		;
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_nothing_to_merge),
+		cmocka_unit_test(test_compaction_settles),
+		cmocka_unit_test(test_writes_racing_merge),
+		cmocka_unit_test(test_scan_during_merge),
+		cmocka_unit_test(test_worker_killed_at_every_point),
+		cmocka_unit_test(test_kvd_killed_mid_merge),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
