@@ -19,8 +19,8 @@ LDFLAGS ?=
 # Debian packages the build and the tests need. `make deps` installs them;
 # `make` and `make test` run it by themselves when one is missing.
 DEPS_PKGS = protobuf-c-compiler libprotobuf-c-dev libevent-dev libcmocka-dev \
-            pkg-config libedit-dev
-PKGS      = libprotobuf-c libevent cmocka libedit
+            pkg-config libedit-dev libinih-dev
+PKGS      = libprotobuf-c libevent cmocka libedit inih
 
 ifeq ($(SAN),1)
 B        := build/san
@@ -40,6 +40,7 @@ PB_LIBS   := $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
 EV_LIBS   := $(shell pkg-config --libs libevent 2>/dev/null)
 CM_LIBS   := $(shell pkg-config --libs cmocka 2>/dev/null)
 ED_LIBS   := $(shell pkg-config --libs libedit 2>/dev/null)
+INI_LIBS  := $(shell pkg-config --libs inih 2>/dev/null)
 
 GEN := $(B)/gen
 INC := -I$(GEN) -Idaemon -Ilibkvclient
@@ -113,7 +114,7 @@ $(B)/pic/%.o: %.c | $(GEN)/kv.pb-c.h
 
 # --- programs and libraries -------------------------------------------------------
 $(B)/kvd: $(SERVER_OBJ) $(ENGINE_OBJ)
-	$(CC) $(KV_LDFLAGS) $(LDFLAGS) -o $@ $^ $(EV_LIBS) $(PB_LIBS) -lm
+	$(CC) $(KV_LDFLAGS) $(LDFLAGS) -o $@ $^ $(EV_LIBS) $(PB_LIBS) $(INI_LIBS) -lm
 
 $(LIBA): $(LIB_OBJ)
 	@rm -f $@
@@ -132,7 +133,7 @@ $(B)/kvclient.pc: libkvclient/kvclient.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(SOVER)|g' $< > $@
 
 # --- tests ------------------------------------------------------------------------
-$(B)/tests/%: tests/%.c $(ENGINE_OBJ) $(LIBA) tests/kv_test_util.h
+$(B)/tests/%: tests/%.c $(ENGINE_OBJ) $(LIBA) $(wildcard tests/kv_test_*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(KV_CFLAGS) $(PC_CFLAGS) $(INC) -Itests -o $@ $< $(ENGINE_OBJ) $(LIBA) \
 		$(KV_LDFLAGS) $(LDFLAGS) $(CM_LIBS) $(PB_LIBS) -lm

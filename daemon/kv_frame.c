@@ -1,0 +1,113 @@
+/*
+ * kv_frame.c — framing and reply packing (see kv_frame.h for invariants).
+ */
+#include "kv_frame.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static uint8_t payload_tag[10]; /* varint of (field number << 3) | 2 */
+static size_t payload_tag_len;
+
+static size_t varint_len(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static size_t varint_put(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		p[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	p[n++] = (uint8_t)v;
+	return n;
+}
+
+int kv_frame_init(char *err, size_t errlen)
+{
+	const ProtobufCFieldDescriptor *fd =
+		protobuf_c_message_descriptor_get_field_by_name(&kv__envelope__descriptor, "payload");
+	if (!fd || fd->type != PROTOBUF_C_TYPE_BYTES || fd->label == PROTOBUF_C_LABEL_REPEATED) {
+		snprintf(err, errlen, "kv.Envelope has no 'bytes payload' field");
+		return -1;
+	}
+	payload_tag_len = varint_put(payload_tag, ((uint64_t)fd->id << 3) | 2u);
+	return 0;
+}
+
+int kv_frame_peek(struct evbuffer *in, uint32_t *body_len)
+{
+	uint8_t h[4];
+	size_t have = evbuffer_get_length(in);
+	if (have < 4)
+		return KV_FRAME_NEED_MORE;
+	if (evbuffer_copyout(in, h, 4) != 4)
+		return KV_FRAME_NEED_MORE;
+	uint32_t n = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+	*body_len = n;
+	if (n > KV_FRAME_MAX)
+		return KV_FRAME_TOO_BIG;
+	return have - 4 >= n ? KV_FRAME_READY : KV_FRAME_NEED_MORE;
+}
+
+Kv__Envelope *kv_frame_take(struct evbuffer *in, uint32_t body_len, ProtobufCAllocator *alloc)
+{
+	size_t total = 4 + (size_t)body_len;
+	Kv__Envelope *env = NULL;
+	unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)total);
+	if (p)
+		env = kv__envelope__unpack(alloc, body_len, p + 4);
+	evbuffer_drain(in, total);
+	return env;
+}
+
+long long kv_frame_put_reply(struct evbuffer *out, const struct kv_reply *r)
+{
+	Kv__Envelope env = KV__ENVELOPE__INIT;
+	env.id = r->id;
+	if (r->method)
+		env.method = (char *)r->method; /* pack only reads it */
+	env.status_code = r->code;
+	if (r->message)
+		env.status_message = (char *)r->message;
+	env.end_of_stream = r->end_of_stream ? 1 : 0;
+
+	size_t env_sz = kv__envelope__get_packed_size(&env);
+	size_t pl_sz = r->payload ? protobuf_c_message_get_packed_size(r->payload) : 0;
+	uint64_t body = env_sz;
+	if (pl_sz > 0)
+		body += payload_tag_len + varint_len(pl_sz) + pl_sz;
+	if (body > UINT32_MAX - 4)
+		return -1;
+
+	struct evbuffer_iovec vec;
+	size_t total = 4 + (size_t)body;
+	if (evbuffer_reserve_space(out, (ev_ssize_t)total, &vec, 1) != 1 || vec.iov_len < total)
+		return -1;
+	uint8_t *p = vec.iov_base;
+	p[0] = (uint8_t)(body >> 24);
+	p[1] = (uint8_t)(body >> 16);
+	p[2] = (uint8_t)(body >> 8);
+	p[3] = (uint8_t)body;
+	size_t o = 4;
+	o += kv__envelope__pack(&env, p + o);
+	if (pl_sz > 0) {
+		memcpy(p + o, payload_tag, payload_tag_len);
+		o += payload_tag_len;
+		o += varint_put(p + o, pl_sz);
+		o += protobuf_c_message_pack(r->payload, p + o);
+	}
+	if (o != total) /* a packed size that lied: never send a torn frame */
+		return -1;
+	vec.iov_len = total;
+	if (evbuffer_commit_space(out, &vec, 1) != 0)
+		return -1;
+	return (long long)total;
+}

@@ -1,0 +1,1343 @@
+/*
+ * kv_server.c — kvd's event loop: listener, connections, framing,
+ * dispatch, group commit, timers and signals (interface in kv_server.h).
+ *
+ * Owns the event base, the listening socket, every struct kv_conn with its
+ * three evbuffers (in, out, held), the request arena and the value buffer
+ * that kv_rpc uses. The engine is borrowed.
+ *
+ * ONE PASS OF THE LOOP (kv_server_run)
+ *   1. event_base_loop(EVLOOP_ONCE): read callbacks execute every complete
+ *      frame they have (conn_pump). A write (Put, Delete, Batch) appends to
+ *      the engine's tail buffer; its reply, and every later reply of that
+ *      connection, goes to conn->held. Other replies go to conn->out.
+ *      When an fdatasync is due, gather() runs up to GATHER_PASSES more
+ *      non-blocking passes while they keep bringing requests, so that
+ *      clients woken by the previous commit join this one.
+ *   2. commit_step(): when anything is held, one kv_engine_flush() — in
+ *      every mode, so an acknowledged write has reached the kernel — and
+ *      one kv_engine_sync() (a single fdatasync for every write of the
+ *      pass) when --sync always or a request asked for sync. Then held
+ *      moves to out. If the flush or sync failed (the engine is read-only
+ *      from then on) every held write reply is rewritten to UNAVAILABLE.
+ *   3. flush_dirty(): one write() per connection that has new output.
+ *   4. reap(): free the connections that died during the pass.
+ *   The loop blocks only when nothing is held and nothing is dirty.
+ *   Why an outer loop around EVLOOP_ONCE rather than a low-priority commit
+ *   event: libevent runs a lower priority only in an iteration where no
+ *   higher-priority event is active, so a steady stream of reads could
+ *   postpone the commit (and every held reply) indefinitely. Returning from
+ *   the loop after each batch of callbacks gives a commit point after every
+ *   iteration, with no starvation and no extra event.
+ *
+ * CONNECTION STATES (struct kv_conn.state)
+ *
+ *   accept_cb ──> OPEN ──── conn_fatal (bad frame), peer EOF once every
+ *                  │        complete frame ran (conn_after_pump),
+ *                  │        begin_shutdown ──────────────> DRAINING
+ *                  │                                        │ no reads; out
+ *                  │ read/write error, frame or write       │ written, then
+ *                  │ timeout (sweep_cb), output over        │ conn_flush
+ *                  │ OUT_CAP (conn_kill)                    │ closes it
+ *                  v                                        v
+ *                 DEAD <────────────────────────────────────┘
+ *                  │  events removed at once; the struct is freed
+ *                  v  by reap() at the end of the pass, never in place
+ *                freed
+ *
+ *   Flags while OPEN:  paused  — out+held >= OUT_HIGH; no reading and no
+ *                                executing until out+held < OUT_LOW.
+ *                      scan    — a Scan streams (conn_scan_step from the
+ *                                write callback, a slice at a time while
+ *                                out < SCAN_TARGET); later frames wait.
+ *                      holding — replies wait in held for commit_step.
+ *
+ * INVARIANTS
+ *  1. Replies leave a connection in request order: once one reply is
+ *     held, every later one is held too until commit_step moves them all.
+ *  2. A write's OK is never sent before the flush (and the sync, when one
+ *     is due) that covers it succeeded.
+ *  3. Memory per connection is bounded: input holds at most one frame
+ *     (<= KV_FRAME_MAX) plus one read; frames are executed only while
+ *     out+held < OUT_HIGH, so out+held stays below OUT_HIGH + one reply,
+ *     and OUT_CAP is a last-resort check of that.
+ *  4. A connection in a work vector (hold, dirty, dead) stays allocated
+ *     until that vector has been processed: reap() skips it otherwise.
+ *  5. Every work vector has room for every connection struct (ensured at
+ *     accept), so pushing to one never allocates or fails.
+ */
+#include "kv_server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "kv.pb-c.h"
+#include "kv_arena.h"
+#include "kv_frame.h"
+#include "kv_log.h"
+#include "kv_rpc.h"
+
+#define READ_CHUNK (64u * 1024u)          /* one read() normally */
+#define READ_MAX (4u * 1024u * 1024u)     /* per read callback, large frames */
+#define OUT_HIGH (4u * 1024u * 1024u)     /* stop executing / reading */
+#define OUT_LOW (1u * 1024u * 1024u)      /* resume */
+#define OUT_CAP (64u * 1024u * 1024u + 8u * 1024u * 1024u) /* drop */
+#define SCAN_TARGET (256u * 1024u)        /* refill a Scan below this */
+#define SCAN_STEP_MSGS 16                 /* ScanReply messages per slice */
+#define ACCEPT_BATCH 64
+#define GATHER_PASSES 4                   /* see gather() */
+#define HELD_RECS_KEEP 4096
+#define VAL_KEEP (1024u * 1024u)          /* value buffer kept across requests */
+
+struct held_rec {
+	uint64_t id;
+	uint32_t len;     /* bytes of the packed reply at this place in held */
+	uint8_t method;   /* enum kv_rpc_method, 0xff = none */
+	uint8_t failable; /* an OK that is only true if the commit succeeds */
+};
+
+enum conn_state { CONN_OPEN, CONN_DRAINING, CONN_DEAD };
+
+struct kv_conn {
+	struct kv_server *srv;
+	TAILQ_ENTRY(kv_conn) link; /* s->conns, until freed */
+	int fd;
+	uint64_t serial; /* for log lines */
+	enum conn_state state;
+	struct event *rev, *wev;
+	struct evbuffer *in, *out, *held;
+	struct held_rec *recs; /* one per reply in held */
+	size_t nrecs, caprecs;
+	struct kv_rpc_scan *scan; /* streaming Scan, or NULL */
+	uint64_t scan_id;
+	uint64_t frame_since; /* ms: when the unfinished head frame began; 0 = none */
+	uint64_t stall_since; /* ms: output waiting without progress since; 0 = none */
+	unsigned reading : 1, writing : 1; /* rev / wev added */
+	unsigned eof : 1, paused : 1, holding : 1, wblocked : 1;
+	unsigned in_hold : 1, in_dirty : 1;
+};
+
+struct conn_vec {
+	struct kv_conn **v;
+	size_t n, cap;
+};
+
+TAILQ_HEAD(conn_list, kv_conn);
+
+struct kv_server {
+	struct kv_server_config cfg;
+	kv_engine *engine;
+	struct event_base *base;
+	int lfd;
+	int sock_owned; /* we created the socket file with this dev/ino */
+	dev_t sock_dev;
+	ino_t sock_ino;
+	struct event *listen_ev, *accept_retry_ev;
+	struct event *sig_ev[3];
+	struct event *tick_ev, *sync_ev, *sweep_ev, *stop_ev;
+	struct evbuffer *scratch; /* refusals */
+	struct kv_arena arena;
+	struct kv_buf val;
+	struct kv_rpc_counters ctr;
+	struct kv_rpc_ctx rpc;
+	char sync_mode_str[32];
+	struct conn_list conns;
+	size_t nstructs; /* connection structs allocated (open + dead) */
+	struct conn_vec hold, hold_spare, dirty, dirty_spare, dead, dead_spare;
+	int commit_needed;   /* something is held */
+	int sync_wanted;     /* a held request asked for fdatasync */
+	uint64_t unsynced_writes;
+	int io_error_logged;
+	int stopping, done;
+	uint64_t stop_deadline;
+	uint64_t next_serial;
+	uint64_t refuse_logged_ms, accept_err_logged_ms;
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static struct timeval ms_tv(unsigned ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000u), (suseconds_t)((ms % 1000u) * 1000u) };
+	return tv;
+}
+
+/* ---- configuration ---------------------------------------------------------- */
+
+void kv_server_config_init(struct kv_server_config *cfg)
+{
+	memset(cfg, 0, sizeof *cfg);
+	cfg->socket_mode = 0660;
+	cfg->sync_mode = KV_SYNC_INTERVAL;
+	cfg->sync_interval_ms = 1000;
+	cfg->max_connections = 1024;
+	cfg->frame_timeout_ms = 30000;
+	cfg->write_timeout_ms = 60000;
+	cfg->shutdown_timeout_ms = 2000;
+}
+
+int kv_server_parse_sync(const char *s, struct kv_server_config *cfg)
+{
+	if (strcmp(s, "always") == 0) {
+		cfg->sync_mode = KV_SYNC_ALWAYS;
+		return 0;
+	}
+	if (strcmp(s, "never") == 0) {
+		cfg->sync_mode = KV_SYNC_NEVER;
+		return 0;
+	}
+	if (strncmp(s, "interval:", 9) == 0) {
+		const char *p = s + 9;
+		char *end = NULL;
+		if (*p < '0' || *p > '9')
+			return -1;
+		errno = 0;
+		unsigned long ms = strtoul(p, &end, 10);
+		if (errno || *end || ms < 1 || ms > 3600u * 1000u)
+			return -1;
+		cfg->sync_mode = KV_SYNC_INTERVAL;
+		cfg->sync_interval_ms = (unsigned)ms;
+		return 0;
+	}
+	return -1;
+}
+
+/* ---- work vectors (invariants 4, 5) ------------------------------------------ */
+
+static int vec_reserve(struct conn_vec *cv, size_t n)
+{
+	if (cv->cap >= n)
+		return 0;
+	size_t cap = cv->cap ? cv->cap : 64;
+	while (cap < n)
+		cap *= 2;
+	struct kv_conn **v = realloc(cv->v, cap * sizeof *v);
+	if (!v)
+		return -1;
+	cv->v = v;
+	cv->cap = cap;
+	return 0;
+}
+
+static int vecs_reserve(struct kv_server *s, size_t n)
+{
+	struct conn_vec *all[] = { &s->hold, &s->hold_spare, &s->dirty,
+				   &s->dirty_spare, &s->dead, &s->dead_spare };
+	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+		if (vec_reserve(all[i], n) < 0)
+			return -1;
+	return 0;
+}
+
+static void vec_push(struct conn_vec *cv, struct kv_conn *c)
+{
+	/* Invariant 5: room was reserved when c was accepted. */
+	if (cv->n < cv->cap)
+		cv->v[cv->n++] = c;
+}
+
+static void log_io_error(struct kv_server *s, int rc);
+
+/* ---- connection helpers ---------------------------------------------------------- */
+
+static size_t conn_outlen(const struct kv_conn *c)
+{
+	return evbuffer_get_length(c->out) + evbuffer_get_length(c->held);
+}
+
+static void conn_mark_dirty(struct kv_conn *c)
+{
+	if (!c->in_dirty && c->state != CONN_DEAD) {
+		c->in_dirty = 1;
+		vec_push(&c->srv->dirty, c);
+	}
+}
+
+static void conn_update_events(struct kv_conn *c)
+{
+	struct kv_server *s = c->srv;
+	if (c->state == CONN_DEAD)
+		return;
+	int want_r = c->state == CONN_OPEN && !c->eof && !c->scan && !c->paused && !s->stopping;
+	int want_w = c->wblocked || (c->scan && !c->holding && c->state == CONN_OPEN);
+	if (want_r != (int)c->reading) {
+		if (want_r ? event_add(c->rev, NULL) : event_del(c->rev))
+			kv_log_warn("conn %llu: cannot change its read event",
+				    (unsigned long long)c->serial);
+		c->reading = (unsigned)want_r;
+	}
+	if (want_w != (int)c->writing) {
+		if (want_w ? event_add(c->wev, NULL) : event_del(c->wev))
+			kv_log_warn("conn %llu: cannot change its write event",
+				    (unsigned long long)c->serial);
+		c->writing = (unsigned)want_w;
+	}
+}
+
+/* Mark c dead (see the state diagram); fmt == NULL: an ordinary close. */
+__attribute__((format(printf, 3, 4))) static void conn_kill(struct kv_conn *c, int level,
+							    const char *fmt, ...)
+{
+	struct kv_server *s = c->srv;
+	if (c->state == CONN_DEAD)
+		return;
+	if (fmt && kv_log_enabled(level)) {
+		char why[256];
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(why, sizeof why, fmt, ap);
+		va_end(ap);
+		kv_log(level, "conn %llu: closed: %s", (unsigned long long)c->serial, why);
+	} else {
+		kv_log_debug("conn %llu: closed", (unsigned long long)c->serial);
+	}
+	c->state = CONN_DEAD;
+	event_del(c->rev);
+	event_del(c->wev);
+	c->reading = c->writing = 0;
+	kv_rpc_scan_free(c->scan); /* release the engine snapshot now */
+	c->scan = NULL;
+	s->ctr.connections--;
+	vec_push(&s->dead, c);
+}
+
+static void conn_free(struct kv_conn *c)
+{
+	struct kv_server *s = c->srv;
+	TAILQ_REMOVE(&s->conns, c, link);
+	s->nstructs--;
+	if (c->rev)
+		event_free(c->rev);
+	if (c->wev)
+		event_free(c->wev);
+	if (c->in)
+		evbuffer_free(c->in);
+	if (c->out)
+		evbuffer_free(c->out);
+	if (c->held)
+		evbuffer_free(c->held);
+	if (c->fd >= 0)
+		close(c->fd);
+	kv_rpc_scan_free(c->scan);
+	free(c->recs);
+	free(c);
+}
+
+/* After each request: forget its arena allocations, shrink a big value
+ * buffer (a 64 MiB Get must not pin 64 MiB). */
+static void request_done(struct kv_server *s)
+{
+	kv_arena_reset(&s->arena);
+	if (s->val.cap > VAL_KEEP) {
+		kv_buf_free(&s->val);
+		memset(&s->val, 0, sizeof s->val);
+	}
+}
+
+/* Append one reply frame to c, respecting invariant 1. method is the
+ * enum kv_rpc_method or -1. Returns 0, or -1 when c died. */
+static int conn_put(struct kv_conn *c, const struct kv_reply *r, int method, int failable)
+{
+	struct kv_server *s = c->srv;
+	int to_held = c->holding || failable;
+	struct evbuffer *dst = to_held ? c->held : c->out;
+	long long n = kv_frame_put_reply(dst, r);
+	if (n < 0) {
+		struct kv_reply e = { .id = r->id,
+				      .method = r->method,
+				      .code = KV__STATUS_CODE__RESOURCE_EXHAUSTED,
+				      .message = "cannot build the reply: too large or out of memory",
+				      .end_of_stream = 1 };
+		failable = 0;
+		n = kv_frame_put_reply(dst, &e);
+		if (n < 0) {
+			conn_kill(c, KV_LOG_WARN, "out of memory building a reply");
+			return -1;
+		}
+	}
+	if (to_held) {
+		if (c->nrecs == c->caprecs) {
+			size_t cap = c->caprecs ? c->caprecs * 2 : 64;
+			struct held_rec *nr = realloc(c->recs, cap * sizeof *nr);
+			if (!nr) {
+				conn_kill(c, KV_LOG_WARN, "out of memory holding a reply");
+				return -1;
+			}
+			c->recs = nr;
+			c->caprecs = cap;
+		}
+		c->recs[c->nrecs++] = (struct held_rec){ .id = r->id,
+							 .len = (uint32_t)n,
+							 .method = (uint8_t)(method < 0 ? 0xff : method),
+							 .failable = (uint8_t)(failable ? 1 : 0) };
+		c->holding = 1;
+		if (!c->in_hold) {
+			c->in_hold = 1;
+			vec_push(&s->hold, c);
+		}
+		s->commit_needed = 1;
+	} else {
+		conn_mark_dirty(c);
+	}
+	if (conn_outlen(c) > OUT_CAP) { /* invariant 3: should not happen */
+		conn_kill(c, KV_LOG_WARN, "output buffer over %u bytes", OUT_CAP);
+		return -1;
+	}
+	return 0;
+}
+
+static void conn_reply_result(struct kv_conn *c, uint64_t id, int m,
+			      const struct kv_rpc_result *res)
+{
+	struct kv_server *s = c->srv;
+	int ok = res->code == KV__STATUS_CODE__OK;
+	struct kv_reply r = { .id = id,
+			      .method = kv_rpc_method_name(m),
+			      .code = res->code,
+			      .message = ok ? NULL : res->message,
+			      .end_of_stream = 1,
+			      .payload = ok ? res->reply : NULL };
+	int failable = ok && res->hold;
+	if (ok && res->write)
+		s->unsynced_writes++;
+	if (!ok && res->code == KV__STATUS_CODE__UNAVAILABLE && kv_engine_readonly(s->engine))
+		log_io_error(s, KV_EREADONLY); /* a write hit the I/O error itself */
+	if (failable && res->sync)
+		s->sync_wanted = 1;
+	conn_put(c, &r, m, failable);
+}
+
+/* Stop reading; the connection closes once its output is written. */
+static void conn_drain(struct kv_conn *c)
+{
+	if (c->state != CONN_OPEN)
+		return;
+	c->state = CONN_DRAINING;
+	kv_rpc_scan_free(c->scan);
+	c->scan = NULL;
+	evbuffer_drain(c->in, evbuffer_get_length(c->in));
+	c->frame_since = 0;
+	conn_mark_dirty(c);
+	conn_update_events(c);
+}
+
+/* A protocol error that ends the connection: one reply with id 0, then
+ * close after the output is written. */
+__attribute__((format(printf, 3, 4))) static void conn_fatal(struct kv_conn *c, uint32_t code,
+							     const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	kv_log_info("conn %llu: %s; closing", (unsigned long long)c->serial, msg);
+	struct kv_reply r = { .id = 0, .method = "", .code = code, .message = msg, .end_of_stream = 1 };
+	if (conn_put(c, &r, -1, 0) == 0)
+		conn_drain(c);
+}
+
+/* A method name fit for a status message: printable ASCII, at most 64. */
+static void printable_name(char *dst, size_t cap, const char *src)
+{
+	size_t o = 0;
+	for (; src && *src && o + 1 < cap && o < 64; src++)
+		dst[o++] = (*src >= 0x20 && *src < 0x7f && *src != '"') ? *src : '?';
+	dst[o] = '\0';
+}
+
+static void conn_exec_frame(struct kv_conn *c, uint32_t blen)
+{
+	struct kv_server *s = c->srv;
+	c->frame_since = 0;
+	s->ctr.requests++;
+	Kv__Envelope *env = kv_frame_take(c->in, blen, &s->arena.pb);
+	if (!env) {
+		conn_fatal(c, KV__STATUS_CODE__INVALID_ARGUMENT, "malformed envelope (%u bytes)", blen);
+		goto out;
+	}
+	int m = kv_rpc_lookup(env->method);
+	if (m < 0) {
+		char name[80], msg[128];
+		printable_name(name, sizeof name, env->method);
+		snprintf(msg, sizeof msg, "unknown method \"%s\"", name);
+		struct kv_reply r = { .id = env->id,
+				      .method = name,
+				      .code = KV__STATUS_CODE__UNIMPLEMENTED,
+				      .message = msg,
+				      .end_of_stream = 1 };
+		conn_put(c, &r, -1, 0);
+		goto out;
+	}
+	struct kv_rpc_result res;
+	kv_rpc_call(&s->rpc, m, env->payload.data, env->payload.len, &res);
+	if (res.scan) {
+		c->scan = res.scan; /* conn_pump streams it (invariant 1: after held) */
+		c->scan_id = env->id;
+		goto out;
+	}
+	conn_reply_result(c, env->id, m, &res);
+out:
+	request_done(s);
+}
+
+/* One slice of a streaming Scan: up to SCAN_STEP_MSGS replies, stopping
+ * once out reaches SCAN_TARGET. */
+static void conn_scan_step(struct kv_conn *c)
+{
+	struct kv_server *s = c->srv;
+	for (int i = 0; i < SCAN_STEP_MSGS && c->scan && c->state == CONN_OPEN; i++) {
+		if (evbuffer_get_length(c->out) >= SCAN_TARGET)
+			break;
+		struct kv_rpc_result res;
+		int more = kv_rpc_scan_next(&s->rpc, c->scan, &res);
+		int last = !more || res.code != KV__STATUS_CODE__OK;
+		struct kv_reply r = { .id = c->scan_id,
+				      .method = kv_rpc_method_name(KV_RPC_SCAN),
+				      .code = res.code,
+				      .message = res.code ? res.message : NULL,
+				      .end_of_stream = last,
+				      .payload = res.code ? NULL : res.reply };
+		if (last) {
+			kv_rpc_scan_free(c->scan);
+			c->scan = NULL;
+		}
+		conn_put(c, &r, KV_RPC_SCAN, 0);
+		request_done(s);
+	}
+}
+
+static void conn_after_pump(struct kv_conn *c)
+{
+	if (c->state == CONN_OPEN) {
+		int blocked = c->scan || c->paused;
+		size_t have = evbuffer_get_length(c->in);
+		if (!blocked && c->eof) {
+			if (have > 0)
+				kv_log_debug("conn %llu: peer closed inside a frame (%zu bytes dropped)",
+					     (unsigned long long)c->serial, have);
+			conn_drain(c);
+			return;
+		}
+		if (!blocked && have > 0) { /* the head frame is incomplete */
+			if (!c->frame_since)
+				c->frame_since = mono_ms();
+		} else {
+			c->frame_since = 0; /* nothing pending, or we are not reading */
+		}
+	}
+	conn_update_events(c);
+}
+
+/* Execute what can be executed: the Scan in progress, then every complete
+ * frame, while the output is below OUT_HIGH. */
+static void conn_pump(struct kv_conn *c)
+{
+	while (c->state == CONN_OPEN) {
+		if (c->scan) {
+			if (c->holding || evbuffer_get_length(c->out) >= SCAN_TARGET)
+				break;
+			conn_scan_step(c);
+			if (c->scan)
+				break;
+			continue;
+		}
+		if (c->paused)
+			break;
+		if (conn_outlen(c) >= OUT_HIGH) {
+			c->paused = 1;
+			break;
+		}
+		uint32_t blen = 0;
+		int st = kv_frame_peek(c->in, &blen);
+		if (st == KV_FRAME_NEED_MORE)
+			break;
+		if (st == KV_FRAME_TOO_BIG) {
+			conn_fatal(c, KV__STATUS_CODE__RESOURCE_EXHAUSTED,
+				   "frame of %u bytes exceeds the maximum of %u bytes", blen,
+				   KV_FRAME_MAX);
+			break;
+		}
+		conn_exec_frame(c, blen);
+	}
+	conn_after_pump(c);
+}
+
+/* Read what the socket has (more when a large frame is pending).
+ * Returns 1 when bytes arrived, 0 when nothing did, -1 when c died. */
+static int conn_read(struct kv_conn *c)
+{
+	size_t got = 0;
+	while (got < READ_MAX) {
+		size_t want = READ_CHUNK;
+		size_t have = evbuffer_get_length(c->in);
+		uint32_t blen = 0;
+		if (have >= 4 && kv_frame_peek(c->in, &blen) == KV_FRAME_NEED_MORE) {
+			size_t missing = 4 + (size_t)blen - have;
+			if (missing > want)
+				want = missing < READ_MAX ? missing : READ_MAX;
+		}
+		struct evbuffer_iovec v[2];
+		int nv = evbuffer_reserve_space(c->in, (ev_ssize_t)want, v, 2);
+		if (nv < 1) {
+			conn_kill(c, KV_LOG_WARN, "out of memory reading a request");
+			return -1;
+		}
+		struct iovec iov[2];
+		for (int i = 0; i < nv; i++) {
+			iov[i].iov_base = v[i].iov_base;
+			iov[i].iov_len = v[i].iov_len;
+		}
+		ssize_t k;
+		do
+			k = readv(c->fd, iov, nv);
+		while (k < 0 && errno == EINTR);
+		if (k < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				break;
+			conn_kill(c, errno == ECONNRESET ? KV_LOG_DEBUG : KV_LOG_INFO, "read: %s",
+				  strerror(errno));
+			return -1;
+		}
+		if (k == 0) {
+			c->eof = 1;
+			break;
+		}
+		size_t left = (size_t)k;
+		int used = 0;
+		for (int i = 0; i < nv && left > 0; i++, used++) {
+			if (v[i].iov_len > left)
+				v[i].iov_len = left;
+			left -= v[i].iov_len;
+		}
+		if (evbuffer_commit_space(c->in, v, used) != 0) {
+			conn_kill(c, KV_LOG_WARN, "cannot commit read buffer");
+			return -1;
+		}
+		got += (size_t)k;
+		size_t asked = iov[0].iov_len + (nv > 1 ? iov[1].iov_len : 0);
+		if ((size_t)k < asked)
+			break; /* the socket is drained */
+	}
+	return got > 0;
+}
+
+/* Write out (one writev), then resume a paused connection or a Scan. */
+static void conn_flush(struct kv_conn *c)
+{
+	if (c->state == CONN_DEAD)
+		return;
+	size_t len = evbuffer_get_length(c->out);
+	if (len > 0) {
+		int n = evbuffer_write(c->out, c->fd);
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+			conn_kill(c, errno == EPIPE || errno == ECONNRESET ? KV_LOG_DEBUG : KV_LOG_INFO,
+				  "write: %s", strerror(errno));
+			return;
+		}
+		size_t left = evbuffer_get_length(c->out);
+		c->wblocked = left > 0;
+		if (left == 0)
+			c->stall_since = 0;
+		else if (n > 0 || !c->stall_since)
+			c->stall_since = mono_ms();
+	} else {
+		c->wblocked = 0;
+		c->stall_since = 0;
+	}
+	if (c->state == CONN_DRAINING) {
+		if (!c->holding && evbuffer_get_length(c->out) == 0) {
+			conn_kill(c, KV_LOG_DEBUG, NULL);
+			return;
+		}
+		conn_update_events(c);
+		return;
+	}
+	int again = 0;
+	if (c->paused && conn_outlen(c) < OUT_LOW) {
+		c->paused = 0;
+		again = 1;
+	}
+	if (c->scan && !c->holding && evbuffer_get_length(c->out) < SCAN_TARGET)
+		again = 1;
+	if (again)
+		conn_pump(c); /* new output is written by flush_dirty */
+	else
+		conn_update_events(c);
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct kv_conn *c = arg;
+	(void)fd;
+	(void)what;
+	if (c->state != CONN_OPEN)
+		return;
+	if (conn_read(c) < 0)
+		return;
+	conn_pump(c);
+}
+
+static void write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct kv_conn *c = arg;
+	(void)fd;
+	(void)what;
+	conn_flush(c);
+}
+
+static int conn_new(struct kv_server *s, int fd)
+{
+	if (vecs_reserve(s, s->nstructs + 1) < 0)
+		return -1;
+	struct kv_conn *c = calloc(1, sizeof *c);
+	if (!c)
+		return -1;
+	c->srv = s;
+	c->fd = fd;
+	c->in = evbuffer_new();
+	c->out = evbuffer_new();
+	c->held = evbuffer_new();
+	c->rev = event_new(s->base, fd, EV_READ | EV_PERSIST, read_cb, c);
+	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, write_cb, c);
+	TAILQ_INSERT_TAIL(&s->conns, c, link);
+	s->nstructs++;
+	if (!c->in || !c->out || !c->held || !c->rev || !c->wev) {
+		c->fd = -1; /* the caller still owns fd */
+		conn_free(c);
+		return -1;
+	}
+	c->serial = ++s->next_serial;
+	s->ctr.connections++;
+	conn_update_events(c);
+	kv_log_debug("conn %llu: accepted (fd %d)", (unsigned long long)c->serial, fd);
+	return 0;
+}
+
+/* ---- accepting -------------------------------------------------------------------- */
+
+/* One UNAVAILABLE reply (id 0) on a connection we will not serve, then close. */
+static void refuse(struct kv_server *s, int fd, const char *why)
+{
+	struct kv_reply r = { .id = 0,
+			      .method = "",
+			      .code = KV__STATUS_CODE__UNAVAILABLE,
+			      .message = why,
+			      .end_of_stream = 1 };
+	if (kv_frame_put_reply(s->scratch, &r) > 0)
+		(void)evbuffer_write(s->scratch, fd);
+	evbuffer_drain(s->scratch, evbuffer_get_length(s->scratch));
+	close(fd);
+	uint64_t now = mono_ms();
+	if (now - s->refuse_logged_ms >= 10000 || !s->refuse_logged_ms) {
+		s->refuse_logged_ms = now;
+		kv_log_warn("refusing a connection: %s", why);
+	}
+}
+
+static void accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+	struct kv_server *s = arg;
+	(void)what;
+	for (int i = 0; i < ACCEPT_BATCH && !s->stopping; i++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			int e = errno;
+			if (e == EINTR || e == ECONNABORTED || e == EPROTO)
+				continue;
+			if (e == EAGAIN || e == EWOULDBLOCK)
+				break;
+			uint64_t now = mono_ms();
+			if (now - s->accept_err_logged_ms >= 10000 || !s->accept_err_logged_ms) {
+				s->accept_err_logged_ms = now;
+				kv_log_warn("accept: %s; pausing accepts for 100 ms", strerror(e));
+			}
+			/* EMFILE and friends: the backlog would wake us at once. */
+			struct timeval tv = ms_tv(100);
+			event_del(s->listen_ev);
+			event_add(s->accept_retry_ev, &tv);
+			break;
+		}
+		if (s->ctr.connections >= s->cfg.max_connections) {
+			char why[96];
+			snprintf(why, sizeof why, "too many connections (max %u)",
+				 s->cfg.max_connections);
+			refuse(s, fd, why);
+			continue;
+		}
+		if (conn_new(s, fd) < 0)
+			refuse(s, fd, "out of memory");
+	}
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct kv_server *s = arg;
+	(void)fd;
+	(void)what;
+	if (!s->stopping && s->listen_ev)
+		event_add(s->listen_ev, NULL);
+}
+
+/* ---- group commit -------------------------------------------------------------------- */
+
+static void log_io_error(struct kv_server *s, int rc)
+{
+	if (s->io_error_logged)
+		return;
+	s->io_error_logged = 1;
+	const char *why = kv_engine_readonly_reason(s->engine);
+	kv_log_error("I/O error on the active segment: %s; kvd is read-only until restart",
+		     why && *why ? why : kv_strerror(rc));
+}
+
+/* kv_engine_sync() and the Stats counters (syncs, writes per sync). */
+static int server_sync(struct kv_server *s)
+{
+	uint64_t unsynced = kv_engine_unsynced(s->engine);
+	int rc = kv_engine_sync(s->engine);
+	if (rc < 0)
+		return rc;
+	if (unsynced > 0 || s->unsynced_writes > 0) {
+		s->ctr.syncs++;
+		s->ctr.synced_writes += s->unsynced_writes;
+		s->unsynced_writes = 0;
+	}
+	return 0;
+}
+
+/* Move c's held replies to out; on a failed commit, rewrite the failable
+ * ones to UNAVAILABLE with why (invariant 2). */
+static void conn_release(struct kv_conn *c, int failed, const char *why)
+{
+	if (!failed) {
+		evbuffer_add_buffer(c->out, c->held);
+	} else {
+		for (size_t i = 0; i < c->nrecs; i++) {
+			const struct held_rec *h = &c->recs[i];
+			if (!h->failable) {
+				evbuffer_remove_buffer(c->held, c->out, h->len);
+				continue;
+			}
+			evbuffer_drain(c->held, h->len);
+			struct kv_reply r = { .id = h->id,
+					      .method = kv_rpc_method_name(h->method),
+					      .code = KV__STATUS_CODE__UNAVAILABLE,
+					      .message = why,
+					      .end_of_stream = 1 };
+			if (kv_frame_put_reply(c->out, &r) < 0) {
+				conn_kill(c, KV_LOG_WARN, "out of memory failing a write");
+				break;
+			}
+		}
+		evbuffer_drain(c->held, evbuffer_get_length(c->held));
+	}
+	c->nrecs = 0;
+	c->holding = 0;
+	if (c->caprecs > HELD_RECS_KEEP) {
+		free(c->recs);
+		c->recs = NULL;
+		c->caprecs = 0;
+	}
+	conn_mark_dirty(c);
+}
+
+static void commit_step(struct kv_server *s)
+{
+	if (!s->commit_needed)
+		return;
+	s->commit_needed = 0;
+	int want_sync = s->sync_wanted || s->cfg.sync_mode == KV_SYNC_ALWAYS;
+	s->sync_wanted = 0;
+	int rc = kv_engine_flush(s->engine);
+	if (rc == 0 && want_sync)
+		rc = server_sync(s);
+	/* A write held here was not acknowledged yet: if the engine turned
+	 * read-only meanwhile (e.g. a failed interval sync), it fails too. */
+	int failed = rc < 0 || kv_engine_readonly(s->engine);
+	char why[256] = "";
+	if (failed) {
+		log_io_error(s, rc);
+		const char *r = kv_engine_readonly_reason(s->engine);
+		snprintf(why, sizeof why, "read-only after I/O error: %s",
+			 r && *r ? r : kv_strerror(rc < 0 ? rc : KV_EREADONLY));
+	}
+	struct conn_vec work = s->hold;
+	s->hold = s->hold_spare;
+	for (size_t i = 0; i < work.n; i++) {
+		struct kv_conn *c = work.v[i];
+		c->in_hold = 0;
+		if (c->state != CONN_DEAD)
+			conn_release(c, failed, why);
+	}
+	/* Connections that stopped behind held replies go on. */
+	for (size_t i = 0; i < work.n; i++)
+		if (work.v[i]->state == CONN_OPEN)
+			conn_pump(work.v[i]);
+	work.n = 0;
+	s->hold_spare = work;
+}
+
+static void flush_dirty(struct kv_server *s)
+{
+	struct conn_vec work = s->dirty;
+	s->dirty = s->dirty_spare;
+	for (size_t i = 0; i < work.n; i++) {
+		struct kv_conn *c = work.v[i];
+		c->in_dirty = 0;
+		if (c->state != CONN_DEAD && !c->wblocked)
+			conn_flush(c);
+	}
+	work.n = 0;
+	s->dirty_spare = work;
+}
+
+static void reap(struct kv_server *s)
+{
+	struct conn_vec work = s->dead;
+	s->dead = s->dead_spare;
+	for (size_t i = 0; i < work.n; i++) {
+		struct kv_conn *c = work.v[i];
+		if (c->in_hold || c->in_dirty)
+			vec_push(&s->dead, c); /* invariant 4: next pass */
+		else
+			conn_free(c);
+	}
+	work.n = 0;
+	s->dead_spare = work;
+}
+
+/* ---- timers and signals ------------------------------------------------------------------ */
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct kv_server *s = arg;
+	(void)fd;
+	(void)what;
+	int more = kv_engine_tick(s->engine);
+	struct timeval tv = ms_tv(more ? 10 : 1000);
+	event_add(s->tick_ev, &tv);
+}
+
+static void sync_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct kv_server *s = arg;
+	(void)fd;
+	(void)what;
+	if (kv_engine_readonly(s->engine) || kv_engine_unsynced(s->engine) == 0)
+		return;
+	int rc = server_sync(s);
+	if (rc < 0)
+		log_io_error(s, rc);
+}
+
+/* Drop connections whose frame or whose output is stuck past its deadline. */
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct kv_server *s = arg;
+	(void)fd;
+	(void)what;
+	uint64_t now = mono_ms();
+	struct kv_conn *c;
+	TAILQ_FOREACH(c, &s->conns, link) {
+		if (c->state == CONN_DEAD)
+			continue;
+		if (c->frame_since && now - c->frame_since >= s->cfg.frame_timeout_ms)
+			conn_kill(c, KV_LOG_INFO, "frame not completed within %u ms",
+				  s->cfg.frame_timeout_ms);
+		else if (c->stall_since && now - c->stall_since >= s->cfg.write_timeout_ms)
+			conn_kill(c, KV_LOG_INFO, "client has not read its replies for %u ms (%zu bytes queued)",
+				  s->cfg.write_timeout_ms, conn_outlen(c));
+	}
+}
+
+/* SIGTERM: stop taking work. Frames already read but not executed (behind a
+ * Scan or a full output buffer) are answered UNAVAILABLE; everything else
+ * already executed is delivered by the passes that follow. */
+static void conn_begin_shutdown(struct kv_conn *c)
+{
+	struct kv_server *s = c->srv;
+	if (c->state != CONN_OPEN)
+		return;
+	if (c->scan) {
+		kv_rpc_scan_free(c->scan);
+		c->scan = NULL;
+		struct kv_reply r = { .id = c->scan_id,
+				      .method = kv_rpc_method_name(KV_RPC_SCAN),
+				      .code = KV__STATUS_CODE__UNAVAILABLE,
+				      .message = "kvd is shutting down",
+				      .end_of_stream = 1 };
+		if (conn_put(c, &r, KV_RPC_SCAN, 0) < 0)
+			return;
+	}
+	uint32_t blen = 0;
+	while (c->state == CONN_OPEN && kv_frame_peek(c->in, &blen) == KV_FRAME_READY) {
+		Kv__Envelope *env = kv_frame_take(c->in, blen, &s->arena.pb);
+		if (!env)
+			break;
+		struct kv_reply r = { .id = env->id,
+				      .method = "",
+				      .code = KV__STATUS_CODE__UNAVAILABLE,
+				      .message = "kvd is shutting down",
+				      .end_of_stream = 1 };
+		int m = kv_rpc_lookup(env->method);
+		if (m >= 0)
+			r.method = kv_rpc_method_name(m);
+		int rc = conn_put(c, &r, m, 0);
+		request_done(s);
+		if (rc < 0)
+			return;
+	}
+	conn_drain(c);
+}
+
+static void begin_shutdown(struct kv_server *s, const char *sig)
+{
+	if (s->stopping) {
+		kv_log_info("%s again: stopping now", sig);
+		s->done = 1;
+		return;
+	}
+	s->stopping = 1;
+	kv_log_info("%s: shutting down", sig);
+	if (s->listen_ev)
+		event_del(s->listen_ev);
+	event_del(s->accept_retry_ev);
+	if (s->lfd >= 0) {
+		close(s->lfd);
+		s->lfd = -1;
+	}
+	s->stop_deadline = mono_ms() + s->cfg.shutdown_timeout_ms;
+	struct timeval tv = ms_tv(s->cfg.shutdown_timeout_ms);
+	event_add(s->stop_ev, &tv); /* wakes the loop at the deadline */
+	struct kv_conn *c;
+	TAILQ_FOREACH(c, &s->conns, link) {
+		conn_begin_shutdown(c);
+	}
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct kv_server *s = arg;
+	(void)what;
+	if (sig == SIGHUP) {
+		kv_log_info("SIGHUP: nothing to reload");
+		return;
+	}
+	begin_shutdown(s, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg; /* kv_server_run checks the deadline after the pass */
+}
+
+/* ---- the socket ------------------------------------------------------------------------------ */
+
+int kv_server_check_socket(const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un sa;
+	size_t n = path ? strlen(path) : 0;
+	if (n == 0) {
+		snprintf(err, errlen, "empty socket path");
+		return -EINVAL;
+	}
+	if (n >= sizeof sa.sun_path) {
+		snprintf(err, errlen, "socket path too long (%zu bytes, max %zu): %s", n,
+			 sizeof sa.sun_path - 1, path);
+		return -ENAMETOOLONG;
+	}
+	struct stat st;
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		int e = errno;
+		snprintf(err, errlen, "cannot stat socket %s: %s", path, strerror(e));
+		return -e;
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(err, errlen, "%s exists and is not a socket", path);
+		return -EEXIST;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		int e = errno;
+		snprintf(err, errlen, "socket: %s", strerror(e));
+		return -e;
+	}
+	memset(&sa, 0, sizeof sa);
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, path, n + 1);
+	int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+	int e = rc < 0 ? errno : 0;
+	close(fd);
+	if (rc == 0 || e == EAGAIN || e == EINPROGRESS) {
+		snprintf(err, errlen, "another kvd is already serving on %s", path);
+		return -EADDRINUSE;
+	}
+	if (e == ECONNREFUSED)
+		return 1; /* stale: nobody listens */
+	if (e == ENOENT)
+		return 0;
+	snprintf(err, errlen, "cannot check socket %s: %s", path, strerror(e));
+	return -e;
+}
+
+static int create_listener(struct kv_server *s, char *err, size_t errlen)
+{
+	const char *path = s->cfg.socket_path;
+	int rc = kv_server_check_socket(path, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (rc == 1) {
+		if (unlink(path) < 0 && errno != ENOENT) {
+			int e = errno;
+			snprintf(err, errlen, "cannot remove stale socket %s: %s", path, strerror(e));
+			return -e;
+		}
+		kv_log_info("removed stale socket %s", path);
+	}
+	s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (s->lfd < 0) {
+		int e = errno;
+		snprintf(err, errlen, "socket: %s", strerror(e));
+		return -e;
+	}
+	struct sockaddr_un sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	mode_t old = umask(0177); /* no window with wider permissions */
+	rc = bind(s->lfd, (struct sockaddr *)&sa, sizeof sa);
+	int e = errno;
+	umask(old);
+	if (rc < 0) {
+		snprintf(err, errlen, "cannot bind %s: %s", path, strerror(e));
+		return -e;
+	}
+	struct stat st;
+	if (stat(path, &st) == 0) {
+		s->sock_owned = 1;
+		s->sock_dev = st.st_dev;
+		s->sock_ino = st.st_ino;
+	}
+	if (chmod(path, (mode_t)s->cfg.socket_mode) < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot chmod %s to %04o: %s", path, s->cfg.socket_mode,
+			 strerror(e));
+		return -e;
+	}
+	if (listen(s->lfd, SOMAXCONN) < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot listen on %s: %s", path, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+/* ---- life cycle ---------------------------------------------------------------------------------- */
+
+int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
+		     struct kv_server **out, char *err, size_t errlen)
+{
+	int rc = -ENOMEM;
+	struct kv_server *s = calloc(1, sizeof *s);
+	*out = NULL;
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	s->cfg = *cfg;
+	s->engine = engine;
+	s->lfd = -1;
+	TAILQ_INIT(&s->conns);
+	kv_arena_init(&s->arena);
+	if (cfg->sync_mode == KV_SYNC_ALWAYS)
+		snprintf(s->sync_mode_str, sizeof s->sync_mode_str, "always");
+	else if (cfg->sync_mode == KV_SYNC_NEVER)
+		snprintf(s->sync_mode_str, sizeof s->sync_mode_str, "never");
+	else
+		snprintf(s->sync_mode_str, sizeof s->sync_mode_str, "interval:%u",
+			 cfg->sync_interval_ms);
+	s->ctr.start_ms = mono_ms();
+	s->ctr.sync_mode = s->sync_mode_str;
+	s->rpc.engine = engine;
+	s->rpc.arena = &s->arena;
+	s->rpc.val = &s->val;
+	s->rpc.ctr = &s->ctr;
+
+	if ((rc = kv_frame_init(err, errlen)) < 0 || (rc = kv_rpc_init(err, errlen)) < 0)
+		goto fail;
+	rc = -ENOMEM;
+	if (vecs_reserve(s, 64) < 0 || !(s->scratch = evbuffer_new())) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	s->base = event_base_new();
+	if (!s->base) {
+		snprintf(err, errlen, "cannot create the libevent base");
+		goto fail;
+	}
+	if ((rc = create_listener(s, err, errlen)) < 0)
+		goto fail;
+	rc = -ENOMEM;
+	s->listen_ev = event_new(s->base, s->lfd, EV_READ | EV_PERSIST, accept_cb, s);
+	s->accept_retry_ev = evtimer_new(s->base, accept_retry_cb, s);
+	s->tick_ev = evtimer_new(s->base, tick_cb, s);
+	s->sweep_ev = event_new(s->base, -1, EV_PERSIST, sweep_cb, s);
+	s->stop_ev = evtimer_new(s->base, stop_cb, s);
+	static const int sigs[3] = { SIGTERM, SIGINT, SIGHUP };
+	for (int i = 0; i < 3; i++)
+		if (!(s->sig_ev[i] = evsignal_new(s->base, sigs[i], signal_cb, s)))
+			goto fail_ev;
+	if (!s->listen_ev || !s->accept_retry_ev || !s->tick_ev || !s->sweep_ev || !s->stop_ev)
+		goto fail_ev;
+	if (cfg->sync_mode == KV_SYNC_INTERVAL &&
+	    !(s->sync_ev = event_new(s->base, -1, EV_PERSIST, sync_cb, s)))
+		goto fail_ev;
+
+	struct timeval tv = ms_tv(10);
+	unsigned sweep = cfg->frame_timeout_ms < cfg->write_timeout_ms ? cfg->frame_timeout_ms
+									: cfg->write_timeout_ms;
+	sweep /= 4;
+	sweep = sweep < 10 ? 10 : sweep > 1000 ? 1000 : sweep;
+	struct timeval stv = ms_tv(sweep);
+	if (event_add(s->listen_ev, NULL) || event_add(s->tick_ev, &tv) ||
+	    event_add(s->sweep_ev, &stv))
+		goto fail_ev;
+	for (int i = 0; i < 3; i++)
+		if (event_add(s->sig_ev[i], NULL))
+			goto fail_ev;
+	if (s->sync_ev) {
+		struct timeval itv = ms_tv(cfg->sync_interval_ms);
+		if (event_add(s->sync_ev, &itv))
+			goto fail_ev;
+	}
+	*out = s;
+	return 0;
+fail_ev:
+	snprintf(err, errlen, "cannot set up libevent events");
+fail:
+	kv_server_free(s);
+	return rc;
+}
+
+/* Before an fdatasync: while non-blocking passes keep bringing requests
+ * (clients answered by the previous sync are sending their next write),
+ * take them into this commit. An fdatasync costs about the same for one
+ * write or a hundred, so a few epoll_wait(0) calls buy larger groups.
+ * Bounded: at most GATHER_PASSES passes, stopping at the first that
+ * executed nothing. */
+static int gather(struct kv_server *s)
+{
+	if (!s->commit_needed || s->stopping ||
+	    !(s->sync_wanted || s->cfg.sync_mode == KV_SYNC_ALWAYS))
+		return 0;
+	for (int i = 0; i < GATHER_PASSES; i++) {
+		uint64_t before = s->ctr.requests;
+		if (event_base_loop(s->base, EVLOOP_ONCE | EVLOOP_NONBLOCK) < 0)
+			return -1;
+		if (s->ctr.requests == before)
+			break;
+	}
+	return 0;
+}
+
+int kv_server_run(struct kv_server *s)
+{
+	int rc = 0;
+	kv_log_debug("event loop started (libevent %s, method %s)", event_get_version(),
+		     event_base_get_method(s->base));
+	while (!s->done) {
+		int flags = EVLOOP_ONCE;
+		if (s->commit_needed || s->dirty.n > 0)
+			flags |= EVLOOP_NONBLOCK;
+		if (event_base_loop(s->base, flags) < 0 || gather(s) < 0) {
+			kv_log_error("event loop failed");
+			rc = -EIO;
+			break;
+		}
+		commit_step(s);
+		flush_dirty(s);
+		reap(s);
+		if (s->stopping && (TAILQ_EMPTY(&s->conns) || mono_ms() >= s->stop_deadline))
+			s->done = 1;
+	}
+	/* Last held replies (if the deadline cut the drain short they are lost
+	 * with their connection, and the client sees it closed, never an OK
+	 * for something that was not committed). */
+	commit_step(s);
+	flush_dirty(s);
+	struct kv_conn *c;
+	size_t left = 0;
+	TAILQ_FOREACH(c, &s->conns, link) {
+		if (c->state != CONN_DEAD)
+			left++;
+		c->in_hold = c->in_dirty = 0;
+		conn_kill(c, KV_LOG_DEBUG, "shutdown");
+	}
+	if (left)
+		kv_log_info("closed %zu connection(s) still open at the shutdown deadline", left);
+	s->hold.n = s->dirty.n = 0;
+	while (!TAILQ_EMPTY(&s->conns))
+		conn_free(TAILQ_FIRST(&s->conns));
+	s->dead.n = 0;
+	return rc;
+}
+
+void kv_server_free(struct kv_server *s)
+{
+	if (!s)
+		return;
+	while (!TAILQ_EMPTY(&s->conns))
+		conn_free(TAILQ_FIRST(&s->conns));
+	struct event *evs[] = { s->listen_ev, s->accept_retry_ev, s->tick_ev, s->sync_ev,
+				s->sweep_ev,  s->stop_ev,	  s->sig_ev[0], s->sig_ev[1],
+				s->sig_ev[2] };
+	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+		if (evs[i])
+			event_free(evs[i]);
+	if (s->lfd >= 0)
+		close(s->lfd);
+	if (s->sock_owned) {
+		struct stat st;
+		if (stat(s->cfg.socket_path, &st) == 0 && st.st_dev == s->sock_dev &&
+		    st.st_ino == s->sock_ino)
+			unlink(s->cfg.socket_path);
+	}
+	if (s->scratch)
+		evbuffer_free(s->scratch);
+	if (s->base)
+		event_base_free(s->base);
+	kv_arena_free(&s->arena);
+	kv_buf_free(&s->val);
+	free(s->hold.v);
+	free(s->hold_spare.v);
+	free(s->dirty.v);
+	free(s->dirty_spare.v);
+	free(s->dead.v);
+	free(s->dead_spare.v);
+	free(s);
+}
