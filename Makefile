@@ -66,7 +66,7 @@ LIBSO   = $(B)/libkvclient.so.$(SOVER)
 LIBA    = $(B)/libkvclient.a
 
 .PHONY: all build-all test test-run deps deps-check run clean install uninstall \
-        bench-engine bench-engine-run
+        bench-engine bench-engine-run torture
 .DEFAULT_GOAL := all
 
 all: deps-check
@@ -142,7 +142,7 @@ test: deps-check
 	@$(MAKE) --no-print-directory build-all
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(TESTS)
+test-run: $(TESTS) $(B)/torture
 	@sh tests/check_layering.sh
 	@fail=0; for t in $(TESTS); do \
 		echo "== $$t"; \
@@ -153,6 +153,15 @@ test-run: $(TESTS)
 		KVD=$(B)/kvd KVCTL=$(B)/kvctl B=$(B) sh $$s || { echo "FAILED: $$s"; fail=1; }; \
 	done; \
 	if [ $$fail = 0 ]; then echo "ALL TESTS PASSED"; else echo "SOME TESTS FAILED"; exit 1; fi
+
+# --- crash torture (a short form runs inside `make test`) ---------------------------
+CYCLES ?= 1000
+torture: all $(B)/torture
+	KVD=$(B)/kvd $(B)/torture -n $(CYCLES)
+
+$(B)/torture: tests/torture.c $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(KV_CFLAGS) $(INC) -o $@ $< $(LIBA) $(KV_LDFLAGS) $(LDFLAGS) $(PB_LIBS)
 
 # --- run ------------------------------------------------------------------------------
 run: all

@@ -1,0 +1,7 @@
+#!/bin/sh
+# test_torture.sh — the short form of the crash torture inside `make test`:
+# 200 kill -9 cycles over all sync modes (see tests/torture.c;
+# `make torture CYCLES=N` runs any number).
+set -e
+B=${B:-build}
+KVD=${KVD:-$B/kvd} "$B/torture" -n "${TORTURE_CYCLES:-200}" -c 4
