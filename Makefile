@@ -158,8 +158,13 @@ test-run: $(TESTS) $(B)/torture
 CYCLES ?= 1000
 torture: all $(B)/torture
 	KVD=$(B)/kvd $(B)/torture -n $(CYCLES)
+	KVD=$(B)/kvd POWERCUT_SHIM=$(B)/libpowercut.so $(B)/torture -p -n $(CYCLES)
 
-$(B)/torture: tests/torture.c $(LIBA)
+$(B)/libpowercut.so: tests/powercut.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Wall -Wextra -Werror -fPIC -shared -o $@ $< -ldl
+
+$(B)/torture: tests/torture.c $(LIBA) $(B)/libpowercut.so
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(KV_CFLAGS) $(INC) -o $@ $< $(LIBA) $(KV_LDFLAGS) $(LDFLAGS) $(PB_LIBS)
 

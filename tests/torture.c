@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -64,9 +65,12 @@ struct clog {
 static struct clog *logs;                 /* shared with the clients */
 static uint32_t state[MAXC][NKEYS];       /* verified store state, value id or 0 */
 static uint32_t next_val[MAXC];
-static const char *kvd_path;
-static char dir[256], datadir[300], sock[300], logpath[300];
-static int verbose;
+static const char *kvd_path, *shim_path;
+static char dir[256], datadir[300], sock[300], logpath[300], journal[300], bakdir[300];
+static int verbose, powercut_mode;
+/* value id -> key+1 it was written to, per client (0: never sent) */
+static uint16_t *val_key[MAXC];
+static uint32_t val_cap[MAXC];
 
 static uint64_t rnd_state;
 static uint64_t rnd(void)
@@ -112,6 +116,12 @@ static pid_t start_kvd(const char *mode)
 			dup2(fd, 2);
 			dup2(fd, 1);
 			close(fd);
+		}
+		if (powercut_mode) {
+			setenv("LD_PRELOAD", shim_path, 1);
+			setenv("PC_JOURNAL", journal, 1);
+			setenv("PC_ROOT", datadir, 1);
+			setenv("PC_BACKUP", bakdir, 1);
 		}
 		execl(kvd_path, kvd_path, "--data-dir", datadir, "--socket", sock, "--sync", mode,
 		      "--max-segment-size", "32K", "--log-level", "warn", (char *)NULL);
@@ -210,8 +220,26 @@ static void client_main(int c, uint64_t seed)
 }
 
 struct result {
-	uint64_t checked, lost, phantom, resurrect, torn, recovery;
+	uint64_t checked, lost, phantom, resurrect, torn, recovery, crc, dropped;
 };
+
+static void note_value(int c, uint32_t v, int k)
+{
+	if (v >= val_cap[c]) {
+		uint32_t cap = val_cap[c] ? val_cap[c] : 65536;
+		while (cap <= v)
+			cap *= 2;
+		val_key[c] = realloc(val_key[c], cap * sizeof *val_key[c]);
+		memset(val_key[c] + val_cap[c], 0, (cap - val_cap[c]) * sizeof *val_key[c]);
+		val_cap[c] = cap;
+	}
+	val_key[c][v] = (uint16_t)(k + 1);
+}
+
+static int in_history(int c, uint32_t v, int k)
+{
+	return v == 0 || (v < val_cap[c] && val_key[c][v] == k + 1);
+}
 
 static uint32_t parse_val(const void *v, size_t vlen, int c)
 {
@@ -232,7 +260,7 @@ static uint32_t parse_val(const void *v, size_t vlen, int c)
 }
 
 /* Check every key of client c against its log; update state[c]. */
-static void verify_client(kvc_client *cl, int c, struct result *res, int cycle)
+static void verify_client(kvc_client *cl, int c, struct result *res, int cycle, int strict)
 {
 	struct clog *lg = &logs[c];
 	uint32_t A[NKEYS], B[NKEYS];
@@ -242,9 +270,12 @@ static void verify_client(kvc_client *cl, int c, struct result *res, int cycle)
 	uint32_t maxv = next_val[c];
 	for (uint32_t i = 0; i < n; i++) {
 		struct op *o = &lg->ops[i];
-		for (int j = 0; j < o->nk; j++)
+		for (int j = 0; j < o->nk; j++) {
 			if (o->val[j] > maxv)
 				maxv = o->val[j];
+			if (o->val[j])
+				note_value(c, o->val[j], o->key[j]);
+		}
 		if (o->acked == 1) {
 			for (int j = 0; j < o->nk; j++)
 				A[o->key[j]] = o->val[j];
@@ -272,11 +303,27 @@ static void verify_client(kvc_client *cl, int c, struct result *res, int cycle)
 			got = parse_val(v, vl, c);
 		} else {
 			fprintf(stderr, "cycle %d: get %s: %s\n", cycle, key, kvc_status_str(rc));
-			res->recovery++;
+			if (rc == KVC_DATA_LOSS)
+				res->crc++;
+			else
+				res->recovery++;
 			kvc_free(v);
 			continue;
 		}
 		kvc_free(v);
+		if (!strict) {
+			/* after a power cut in interval/never mode: any state from the
+			 * key's history (a prefix of it), never an unknown value */
+			if (got == UINT32_MAX || !in_history(c, got, k)) {
+				res->phantom++;
+				fprintf(stderr, "cycle %d: %s holds a value never written to it\n",
+					cycle, key);
+			} else if (got != A[k] && got != B[k]) {
+				res->dropped++; /* unsynced writes dropped: allowed */
+			}
+			state[c][k] = got == UINT32_MAX ? A[k] : got;
+			continue;
+		}
 		if (got == UINT32_MAX) {
 			res->phantom++;
 			fprintf(stderr, "cycle %d: %s holds a value never written\n", cycle, key);
@@ -296,10 +343,147 @@ static void verify_client(kvc_client *cl, int c, struct result *res, int cycle)
 		}
 		state[c][k] = got == UINT32_MAX ? A[k] : got;
 	}
-	if (inflight >= 0 && lg->ops[inflight].type == OP_BATCH && used_a && used_b) {
+	if (strict && inflight >= 0 && lg->ops[inflight].type == OP_BATCH && used_a && used_b) {
 		res->torn++;
 		fprintf(stderr, "cycle %d: client %d's in-flight batch is partly visible\n", cycle, c);
 	}
+}
+
+/* --- power cut ----------------------------------------------------------------------- */
+
+struct pfile {
+	char path[300];
+	long long size, synced;
+	int gone;
+};
+struct pdirop {
+	char type;
+	char a[300], b[300];
+};
+
+static struct pfile *pf_find(struct pfile *f, int *n, const char *path, int create)
+{
+	for (int i = 0; i < *n; i++)
+		if (!f[i].gone && strcmp(f[i].path, path) == 0)
+			return &f[i];
+	if (!create || *n >= 4096)
+		return NULL;
+	struct pfile *x = &f[(*n)++];
+	memset(x, 0, sizeof *x);
+	snprintf(x->path, sizeof x->path, "%s", path);
+	return x;
+}
+
+/* Replay the shim's journal and discard a random part of what was not
+ * durable: names created, renamed or removed since the last directory
+ * fsync are undone from a random point on (in reverse order), and every
+ * file loses a random part of the bytes written since its last fsync
+ * (a cut, sometimes with a zeroed block before it). Returns the number of
+ * bytes discarded. */
+static long long powercut(void)
+{
+	static struct pfile f[4096];
+	static struct pdirop ops[4096];
+	int nf = 0, nops = 0;
+	long long discarded = 0;
+	FILE *j = fopen(journal, "r");
+	if (!j)
+		return 0;
+	char line[800], a[300], b[300];
+	long long x, y;
+	while (fgets(line, sizeof line, j)) {
+		struct pfile *p;
+		if (sscanf(line, "C %299s", a) == 1) {
+			p = pf_find(f, &nf, a, 1);
+			if (p) {
+				p->size = p->synced = 0;
+			}
+			if (nops < 4096)
+				ops[nops++] = (struct pdirop){'C', "", ""};
+			snprintf(ops[nops - 1].a, sizeof ops[0].a, "%s", a);
+		} else if (sscanf(line, "W %299s %lld %lld", a, &x, &y) == 3) {
+			p = pf_find(f, &nf, a, 1);
+			if (p && x + y > p->size)
+				p->size = x + y;
+		} else if (sscanf(line, "T %299s %lld", a, &x) == 2) {
+			p = pf_find(f, &nf, a, 1);
+			if (p) {
+				p->size = x;
+				if (p->synced > x)
+					p->synced = x;
+			}
+		} else if (sscanf(line, "S %299s", a) == 1) {
+			p = pf_find(f, &nf, a, 0);
+			if (p)
+				p->synced = p->size;
+		} else if (line[0] == 'D') {
+			nops = 0;
+		} else if (sscanf(line, "R %299s %299s", a, b) == 2) {
+			struct pfile *src = pf_find(f, &nf, a, 0), *dst = pf_find(f, &nf, b, 1);
+			if (dst) {
+				dst->size = src ? src->size : -1;
+				dst->synced = src ? src->synced : -1;
+			}
+			if (src)
+				src->gone = 1;
+			if (nops < 4096) {
+				ops[nops] = (struct pdirop){'R', "", ""};
+				snprintf(ops[nops].a, sizeof ops[0].a, "%s", a);
+				snprintf(ops[nops].b, sizeof ops[0].b, "%s", b);
+				nops++;
+			}
+		} else if (sscanf(line, "U %299s %299s", a, b) == 2) {
+			p = pf_find(f, &nf, a, 0);
+			if (p)
+				p->gone = 1;
+			if (nops < 4096) {
+				ops[nops] = (struct pdirop){'U', "", ""};
+				snprintf(ops[nops].a, sizeof ops[0].a, "%s", a);
+				snprintf(ops[nops].b, sizeof ops[0].b, "%s", b);
+				nops++;
+			}
+		}
+	}
+	fclose(j);
+	/* 1. file contents: keep the synced part and a random part of the rest */
+	for (int i = 0; i < nf; i++) {
+		struct pfile *p = &f[i];
+		if (p->gone || p->size < 0 || p->synced < 0 || p->size <= p->synced)
+			continue;
+		struct stat st;
+		if (stat(p->path, &st) != 0)
+			continue;
+		long long keep = p->synced + (long long)(rnd() % (uint64_t)(p->size - p->synced + 1));
+		if (keep > st.st_size)
+			keep = st.st_size;
+		discarded += st.st_size - keep;
+		if (truncate(p->path, keep) != 0)
+			continue;
+		if (rnd() % 2 && keep - p->synced > 512) { /* a page never written back */
+			long long at = p->synced + (long long)(rnd() % (uint64_t)(keep - p->synced - 512));
+			int fd = open(p->path, O_WRONLY);
+			if (fd >= 0) {
+				char zero[512] = {0};
+				if (pwrite(fd, zero, sizeof zero, at) == (ssize_t)sizeof zero)
+					discarded += 512;
+				close(fd);
+			}
+		}
+	}
+	/* 2. names: undo the directory operations after a random point */
+	int k = nops ? (int)(rnd() % (uint64_t)(nops + 1)) : 0;
+	for (int i = nops - 1; i >= k; i--) {
+		if (ops[i].type == 'C') {
+			unlink(ops[i].a);
+		} else if (ops[i].type == 'R') {
+			rename(ops[i].b, ops[i].a);
+		} else if (ops[i].type == 'U' && strcmp(ops[i].b, "-") != 0) {
+			if (link(ops[i].b, ops[i].a) == 0)
+				discarded++;
+		}
+	}
+	unlink(journal);
+	return discarded;
 }
 
 int main(int argc, char **argv)
@@ -307,16 +491,17 @@ int main(int argc, char **argv)
 	int cycles = 200, nclients = 4, opt;
 	const char *modes_arg = "all";
 	uint64_t seed = (uint64_t)time(NULL);
-	while ((opt = getopt(argc, argv, "n:c:s:m:v")) != -1) {
+	while ((opt = getopt(argc, argv, "n:c:s:m:vp")) != -1) {
 		switch (opt) {
 		case 'n': cycles = atoi(optarg); break;
 		case 'c': nclients = atoi(optarg); break;
 		case 's': seed = strtoull(optarg, NULL, 10); break;
 		case 'm': modes_arg = optarg; break;
 		case 'v': verbose = 1; break;
+		case 'p': powercut_mode = 1; break;
 		default:
 			fprintf(stderr, "usage: torture [-n CYCLES] [-c CLIENTS] [-s SEED] "
-					"[-m always|interval|never|all] [-v]\n");
+					"[-m always|interval|never|all] [-p] [-v]\n");
 			return 2;
 		}
 	}
@@ -325,6 +510,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	kvd_path = getenv("KVD") ? getenv("KVD") : "build/kvd";
+	shim_path = getenv("POWERCUT_SHIM") ? getenv("POWERCUT_SHIM") : "build/libpowercut.so";
 	snprintf(dir, sizeof dir, "/tmp/kvd-torture.XXXXXX");
 	if (!mkdtemp(dir)) {
 		perror("mkdtemp");
@@ -333,6 +519,18 @@ int main(int argc, char **argv)
 	snprintf(datadir, sizeof datadir, "%s/data", dir);
 	snprintf(sock, sizeof sock, "%s/kvd.sock", dir);
 	snprintf(logpath, sizeof logpath, "%s/kvd.log", dir);
+	snprintf(journal, sizeof journal, "%s/journal", dir);
+	snprintf(bakdir, sizeof bakdir, "%s/unlinked", dir);
+	if (powercut_mode) {
+		char rp[PATH_MAX];
+		if (!realpath(shim_path, rp)) {
+			fprintf(stderr, "torture: %s: %s\n", shim_path, strerror(errno));
+			return 2;
+		}
+		shim_path = strdup(rp);
+		mkdir(bakdir, 0755);
+		mkdir(datadir, 0750);
+	}
 	logs = mmap(NULL, sizeof(struct clog) * MAXC, PROT_READ | PROT_WRITE,
 		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (logs == MAP_FAILED) {
@@ -379,6 +577,7 @@ int main(int argc, char **argv)
 			sleep_ms(run);
 		}
 		kill_wait(kvd, SIGKILL); /* the crash */
+		long long lost_bytes = 0;
 		for (int c = 0; c < nclients; c++) {
 			int done = 0;
 			for (int i = 0; i < 2000 && !done; i++) {
@@ -391,6 +590,9 @@ int main(int argc, char **argv)
 				waitpid(cl[c], NULL, 0);
 			}
 		}
+		if (powercut_mode) /* the clients are gone: now the power fails */
+			lost_bytes = powercut();
+		(void)lost_bytes;
 		/* restart and check */
 		kvd = start_kvd(mode);
 		if (wait_ready(kvd) < 0) {
@@ -406,25 +608,33 @@ int main(int argc, char **argv)
 			break;
 		}
 		kvc_set_timeout(vc, 10000);
+		int strict = !powercut_mode || strcmp(mode, "always") == 0;
 		for (int c = 0; c < nclients; c++)
-			verify_client(vc, c, &res, cyc);
+			verify_client(vc, c, &res, cyc, strict);
 		kvc_close(vc);
 		kill_wait(kvd, SIGTERM);
 		if (verbose)
 			printf("cycle %d (%s): ok so far, %llu acknowledged writes checked\n", cyc, mode,
 			       (unsigned long long)res.checked);
-		if (res.lost + res.phantom + res.resurrect + res.torn + res.recovery)
+		if (res.lost + res.phantom + res.resurrect + res.torn + res.recovery + res.crc)
 			break;
 	}
-	uint64_t fails = res.lost + res.phantom + res.resurrect + res.torn + res.recovery;
-	printf("torture: %d cycles (%s, %d clients, seed %llu, %d merges asked) in %.1f s: "
+	uint64_t fails = res.lost + res.phantom + res.resurrect + res.torn + res.recovery + res.crc;
+	printf("torture%s: %d cycles (%s, %d clients, seed %llu, %d merges asked) in %.1f s: "
 	       "%llu acknowledged writes checked, failures %llu (lost %llu, never written %llu, "
-	       "resurrected %llu, torn batches %llu, failed recoveries %llu)\n",
-	       cyc, modes_arg, nclients, (unsigned long long)seed, merges_asked,
+	       "resurrected %llu, torn batches %llu, failed recoveries %llu, checksum errors "
+	       "%llu)%s\n",
+	       powercut_mode ? " (power cut)" : "", cyc, modes_arg, nclients,
+	       (unsigned long long)seed, merges_asked,
 	       (double)(now_ms() - t0) / 1000.0, (unsigned long long)res.checked,
 	       (unsigned long long)fails, (unsigned long long)res.lost,
 	       (unsigned long long)res.phantom, (unsigned long long)res.resurrect,
-	       (unsigned long long)res.torn, (unsigned long long)res.recovery);
+	       (unsigned long long)res.torn, (unsigned long long)res.recovery,
+	       (unsigned long long)res.crc, "");
+	if (powercut_mode)
+		printf("torture (power cut): %llu unsynced key states rolled back "
+		       "(allowed in interval/never mode)\n",
+		       (unsigned long long)res.dropped);
 	if (fails) {
 		fprintf(stderr, "torture: data kept in %s for inspection\n", dir);
 		return 1;
