@@ -66,7 +66,7 @@ LIBSO   = $(B)/libkvclient.so.$(SOVER)
 LIBA    = $(B)/libkvclient.a
 
 .PHONY: all build-all test test-run deps deps-check run clean install uninstall \
-        bench-engine bench-engine-run torture
+        bench-engine bench-engine-run torture bench-sync
 .DEFAULT_GOAL := all
 
 all: deps-check
@@ -188,6 +188,13 @@ bench-engine-run: $(B)/bench_engine
 $(B)/bench_engine: tests/bench/bench_engine.c $(ENGINE_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(KV_CFLAGS) $(INC) -o $@ $< $(ENGINE_OBJ) $(KV_LDFLAGS) $(LDFLAGS) -lleveldb -lm
+
+bench-sync: all $(B)/bench_sync
+	KVD=$(B)/kvd $(B)/bench_sync $(BENCH_ARGS)
+
+$(B)/bench_sync: tests/bench/bench_sync.c $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(KV_CFLAGS) $(INC) -o $@ $< $(LIBA) $(KV_LDFLAGS) $(LDFLAGS) $(PB_LIBS) -lpthread
 
 # --- install ------------------------------------------------------------------------------
 install: all

@@ -693,7 +693,7 @@ struct kv_iter {
 static int iter_collect(void *arg, const uint8_t *key, size_t klen, const struct kv_loc *loc)
 {
 	struct kv_iter *it = arg;
-	if (klen < it->plen || memcmp(key, it->prefix, it->plen) != 0)
+	if (it->plen && (klen < it->plen || memcmp(key, it->prefix, it->plen) != 0))
 		return 0;
 	if (loc->expiry && loc->expiry <= it->now)
 		return 0;
