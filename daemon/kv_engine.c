@@ -45,6 +45,8 @@
 
 #define FLUSH_AT (1u << 20)      /* write the tail buffer out past 1 MiB */
 #define WBUF_KEEP (8u << 20)     /* shrink an idle tail buffer above this */
+#define WRITEBACK_AT (8u << 20)  /* start writeback of the active segment every 8 MiB */
+#define HINT_SLICE (512u << 10)  /* segment bytes a hint job reads per tick */
 
 /* --- small helpers -------------------------------------------------------------------- */
 
@@ -321,6 +323,13 @@ int kv_engine_flush(kv_engine *e)
 	}
 	e->wbuf_off += e->wlen;
 	e->wlen = 0;
+	if (e->wbuf_off - e->range_synced >= WRITEBACK_AT) {
+		/* start writeback now, so the fdatasync at sealing (or of the
+		 * next group commit) finds little left to write */
+		sync_file_range(e->active_fd, (off_t)e->range_synced,
+				(off_t)(e->wbuf_off - e->range_synced), SYNC_FILE_RANGE_WRITE);
+		e->range_synced = e->wbuf_off;
+	}
 	if (e->wcap > WBUF_KEEP) {
 		free(e->wbuf);
 		e->wbuf = NULL;
@@ -372,10 +381,24 @@ static int wbuf_reserve(kv_engine *e, size_t more)
 	return 0;
 }
 
-/* The hint file of a sealed segment: the newest record of each key in it
- * (the one the keydir points at) and every tombstone of a key that is now
- * absent. Computed right at sealing, before any write to another segment,
- * so it describes exactly what a scan of this segment would give. */
+/*
+ * Which records of a sealed segment its hint file lists: every tombstone,
+ * and every PUT except one the keydir shows superseded by a later record of
+ * the same segment. A record superseded by a newer segment stays listed:
+ * that newer record may not be durable yet, and the hint must never hide a
+ * durable value behind a write a power cut could still take back. Replaying
+ * the hint in offset order gives exactly what a scan of the segment gives.
+ */
+static int hint_wants(kv_engine *e, const struct seg *s, uint32_t off, const struct kv_rec *r)
+{
+	struct kv_loc loc;
+	if (r->type == KV_REC_DEL)
+		return 1;
+	if (r->type != KV_REC_PUT)
+		return 0;
+	return !(kv_keydir_get(e->kd, r->key, r->klen, &loc) && loc.seg == s->id && loc.off != off);
+}
+
 struct hint_ctx {
 	kv_engine *e;
 	struct seg *s;
@@ -385,17 +408,10 @@ struct hint_ctx {
 static int hint_cb(void *arg, uint32_t off, const struct kv_rec *r)
 {
 	struct hint_ctx *h = arg;
-	struct kv_loc loc;
-	int live = kv_keydir_get(h->e->kd, r->key, r->klen, &loc);
-	if (r->type == KV_REC_PUT) {
-		if (!live || loc.seg != h->s->id || loc.off != off)
-			return 0;
-		return kv_hint_add(&h->hb, r->seq, r->expiry, r->key, r->klen, 0, off, r->size);
-	}
-	if (r->type == KV_REC_DEL && !live)
-		return kv_hint_add(&h->hb, r->seq, 0, r->key, r->klen, KV_HF_TOMBSTONE, off,
-				   r->size);
-	return 0;
+	if (!hint_wants(h->e, h->s, off, r))
+		return 0;
+	return kv_hint_add(&h->hb, r->seq, r->expiry, r->key, r->klen,
+			   r->type == KV_REC_DEL ? KV_HF_TOMBSTONE : 0, off, r->size);
 }
 
 static int write_hint(kv_engine *e, struct seg *s, int repair)
@@ -442,6 +458,7 @@ static int open_active(kv_engine *e, uint32_t id)
 	e->active = s;
 	e->active_fd = fd;
 	e->wbuf_off = KV_SEG_HDR;
+	e->range_synced = 0;
 	e->wlen = 0;
 	/* Reads of flushed records go through a shared read-only mapping of
 	 * the whole future segment (the page cache keeps it coherent with
@@ -481,9 +498,7 @@ int kv_eng_rotate(kv_engine *e, uint32_t next_id)
 	e->active_fd = -1;
 	s->active = 0;
 	e->active = NULL;
-	if ((rc = write_hint(e, s, 0)) != 0)
-		kv_eng_log(e, KV_LOG_WARN, "segment %u sealed without a hint file (%s); it will be scanned",
-		     s->id, kv_strerror(rc));
+	s->hint_wanted = 1; /* written in slices by kv_engine_tick() */
 	if ((rc = open_active(e, next_id)) != 0) {
 		kv_eng_fail(e, rc, "creating a new segment");
 		return rc;
@@ -844,9 +859,83 @@ void kv_stats_free(struct kv_stats *st)
 	st->nsegs = 0;
 }
 
+static void hint_job_end(kv_engine *e, int commit)
+{
+	struct seg *s = e->hseg;
+	if (!s)
+		return;
+	if (commit) {
+		int rc = kv_hint_writer_commit(&e->hw);
+		if (rc == 0)
+			s->has_hint = 1;
+		else
+			kv_eng_log(e, KV_LOG_WARN, "segment %u: cannot write its hint file (%s); it will "
+				   "be scanned at the next start", s->id, kv_strerror(rc));
+	} else {
+		kv_hint_writer_abort(&e->hw);
+	}
+	if (e->hmap)
+		munmap(e->hmap, e->hlen);
+	e->hmap = NULL;
+	e->hseg = NULL;
+}
+
+/* Advance the hint job by about budget bytes of segment. Returns 1 while
+ * hint work remains. */
+static int hint_step(kv_engine *e, size_t budget)
+{
+	char path[PATH_MAX];
+	if (!e->hseg) {
+		struct seg *s = NULL;
+		for (size_t i = 0; i < e->nsegs && !s; i++)
+			if (e->segs[i]->hint_wanted && !e->segs[i]->active)
+				s = e->segs[i];
+		if (!s)
+			return 0;
+		s->hint_wanted = 0;
+		kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
+		int rc = kv_map_file(path, &e->hmap, &e->hlen);
+		if (rc == 0)
+			rc = kv_hint_writer_open(&e->hw, e->dir, s->id);
+		if (rc) {
+			kv_eng_log(e, KV_LOG_WARN, "segment %u: cannot start its hint file: %s", s->id,
+				   kv_strerror(rc));
+			if (e->hmap)
+				munmap(e->hmap, e->hlen);
+			e->hmap = NULL;
+			return 1;
+		}
+		e->hseg = s;
+		e->hoff = KV_SEG_HDR;
+	}
+	size_t done = 0;
+	while (e->hoff < e->hlen && done < budget) {
+		struct kv_rec r;
+		uint32_t off = (uint32_t)e->hoff;
+		if (kv_rec_decode(e->hmap + off, e->hlen - off, &r) != KV_DEC_OK) {
+			kv_eng_log(e, KV_LOG_WARN, "segment %u: bad record at offset %u while writing its "
+				   "hint file; no hint", e->hseg->id, off);
+			hint_job_end(e, 0);
+			return 1;
+		}
+		if (hint_wants(e, e->hseg, off, &r) &&
+		    kv_hint_writer_add(&e->hw, r.seq, r.expiry, r.key, r.klen,
+				       r.type == KV_REC_DEL ? KV_HF_TOMBSTONE : 0, off, r.size) != 0) {
+			hint_job_end(e, 0);
+			return 1;
+		}
+		e->hoff += r.size;
+		done += r.size;
+	}
+	if (e->hoff >= e->hlen)
+		hint_job_end(e, 1);
+	return 1;
+}
+
 int kv_engine_tick(kv_engine *e)
 {
 	int more = kv_keydir_step(e->kd, 4096);
+	more |= hint_step(e, HINT_SLICE);
 	return kv_engine_merge_step(e, 4096) > 0 || more;
 }
 
@@ -1173,6 +1262,7 @@ static int make_dir(const char *dir)
 
 static void free_engine(kv_engine *e)
 {
+	hint_job_end(e, 0);
 	for (size_t i = 0; i < e->nsegs; i++) {
 		if (e->segs[i]->map)
 			munmap(e->segs[i]->map, e->segs[i]->maplen);
@@ -1197,6 +1287,8 @@ void kv_eng_seg_remove(kv_engine *e, struct seg *s)
 	while (idx < e->nsegs && e->segs[idx] != s)
 		idx++;
 	assert(idx < e->nsegs);
+	if (e->hseg == s)
+		hint_job_end(e, 0);
 	kv_eng_seg_unmap(e, s);
 	kv_seg_path(path, sizeof path, e->dir, s->id, "hint");
 	kv_unlink(path);
@@ -1308,6 +1400,8 @@ int kv_engine_close(kv_engine *e)
 		return 0;
 	kv_merge_abandon(e);
 	int rc = e->failed ? 0 : kv_engine_sync(e);
+	while (hint_step(e, SIZE_MAX)) /* finish the hint files: a fast next start */
+		;
 	free_engine(e);
 	return rc;
 }

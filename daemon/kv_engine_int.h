@@ -7,6 +7,7 @@
 
 #include "kv_engine.h"
 #include "kv_keydir.h"
+#include "kv_seg.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +18,7 @@ struct seg {
 	uint32_t id;
 	int active;
 	int has_hint;
+	int hint_wanted; /* sealed in this process: a hint job will write its hint */
 	uint64_t size; /* bytes including header (and tail buffer when active) */
 	uint64_t live;
 	uint8_t *map;  /* sealed: whole file mapped read-only, or NULL */
@@ -53,6 +55,16 @@ struct kv_engine {
 	char failed_reason[256];
 
 	uint64_t n_syncs, n_puts, n_dels, n_gets, n_batches;
+
+	uint64_t range_synced; /* active segment: writeback started up to here */
+
+	/* the hint job: builds the hint file of a freshly sealed segment in
+	 * slices from kv_engine_tick(), so sealing never stalls clients */
+	struct seg *hseg;
+	uint8_t *hmap;
+	size_t hlen;
+	uint64_t hoff;
+	struct kv_hint_writer hw;
 
 	struct kv_merge *merge; /* the running merge job, or NULL (kv_merge.c) */
 	struct kv_merge_info minfo;

@@ -302,3 +302,96 @@ out:
 		kv_unlink(tmp);
 	return rc;
 }
+
+/* --- streaming hint writer ----------------------------------------------------------------- */
+
+#define HW_CHUNK (1u << 20)
+
+static int hw_flush(struct kv_hint_writer *w)
+{
+	if (!w->buf.len)
+		return 0;
+	int rc = kv_write_all(w->fd, w->buf.data, w->buf.len);
+	if (rc)
+		return rc;
+	w->crc = kv_crc32c(w->crc, w->buf.data, w->buf.len);
+	w->written += w->buf.len;
+	w->buf.len = 0;
+	if (w->written - w->synced_to >= 8u * HW_CHUNK) { /* start writeback early */
+		sync_file_range(w->fd, (off_t)w->synced_to, (off_t)(w->written - w->synced_to),
+				SYNC_FILE_RANGE_WRITE);
+		w->synced_to = w->written;
+	}
+	return 0;
+}
+
+int kv_hint_writer_open(struct kv_hint_writer *w, const char *dir, uint32_t id)
+{
+	char tmp[PATH_MAX];
+	memset(w, 0, sizeof *w);
+	w->fd = -1;
+	w->dir = dir;
+	w->id = id;
+	kv_seg_path(tmp, sizeof tmp, dir, id, "hint.tmp");
+	kv_unlink(tmp);
+	int fd = kv_open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0640);
+	if (fd < 0)
+		return fd;
+	w->fd = fd;
+	int rc = kv_hint_begin(&w->buf, id);
+	if (rc)
+		kv_hint_writer_abort(w);
+	return rc;
+}
+
+int kv_hint_writer_add(struct kv_hint_writer *w, uint64_t seq, uint32_t expiry, const void *key,
+		       uint32_t klen, uint8_t flags, uint32_t off, uint32_t size)
+{
+	int rc = kv_hint_add(&w->buf, seq, expiry, key, klen, flags, off, size);
+	if (rc)
+		return rc;
+	w->count++;
+	return w->buf.len >= HW_CHUNK ? hw_flush(w) : 0;
+}
+
+void kv_hint_writer_abort(struct kv_hint_writer *w)
+{
+	char tmp[PATH_MAX];
+	if (w->fd >= 0) {
+		kv_close(w->fd);
+		kv_seg_path(tmp, sizeof tmp, w->dir, w->id, "hint.tmp");
+		kv_unlink(tmp);
+	}
+	w->fd = -1;
+	kv_hint_abort(&w->buf);
+}
+
+int kv_hint_writer_commit(struct kv_hint_writer *w)
+{
+	char tmp[PATH_MAX], path[PATH_MAX];
+	uint8_t trl[KV_HINT_TRL];
+	int rc = hw_flush(w);
+	if (rc)
+		goto out;
+	kv_put64(trl, w->count);
+	kv_put32(trl + 8, kv_crc32c(w->crc, trl, 8));
+	kv_put32(trl + 12, KV_HINT_END);
+	if ((rc = kv_write_all(w->fd, trl, sizeof trl)) != 0)
+		goto out;
+	if ((rc = kv_fsync(w->fd)) != 0)
+		goto out;
+	rc = kv_close(w->fd);
+	w->fd = -1;
+	if (rc)
+		goto out;
+	kv_seg_path(tmp, sizeof tmp, w->dir, w->id, "hint.tmp");
+	kv_seg_path(path, sizeof path, w->dir, w->id, "hint");
+	if ((rc = kv_rename(tmp, path)) != 0)
+		goto out;
+	rc = kv_fsync_dir(w->dir);
+out:
+	if (rc)
+		kv_hint_writer_abort(w);
+	kv_hint_abort(&w->buf);
+	return rc;
+}

@@ -82,4 +82,28 @@ int kv_hint_add(struct kv_hint_buf *hb, uint64_t seq, uint32_t expiry, const voi
 int kv_hint_commit(struct kv_hint_buf *hb, const char *dir, uint32_t seg_id);
 void kv_hint_abort(struct kv_hint_buf *hb);
 
+/*
+ * A hint file written a little at a time (kvd builds the hint of a freshly
+ * sealed segment in slices, between client requests): entries are
+ * buffered and written to <dir>/<id>.hint.tmp with writeback started
+ * early, so the final fsync in kv_hint_writer_commit() is short.
+ * Same file format and durability recipe as kv_hint_commit().
+ */
+struct kv_hint_writer {
+	int fd;
+	uint32_t id;
+	uint32_t crc;   /* CRC32C of everything written so far */
+	uint64_t count; /* entries */
+	uint64_t written, synced_to;
+	struct kv_hint_buf buf;
+	const char *dir; /* borrowed until commit or abort */
+};
+int kv_hint_writer_open(struct kv_hint_writer *w, const char *dir, uint32_t id);
+int kv_hint_writer_add(struct kv_hint_writer *w, uint64_t seq, uint32_t expiry, const void *key,
+		       uint32_t klen, uint8_t flags, uint32_t off, uint32_t size);
+/* Trailer, fsync, rename, fsync dir. Releases w either way. 0 or -errno. */
+int kv_hint_writer_commit(struct kv_hint_writer *w);
+/* Close and remove the temp file. */
+void kv_hint_writer_abort(struct kv_hint_writer *w);
+
 #endif
