@@ -8,6 +8,7 @@
  */
 #include "kv_rpc.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -447,7 +448,12 @@ static void rpc_stats(const struct kv_rpc_ctx *ctx, const Kv__StatsRequest *rq,
 	r->sync_mode = (char *)ctx->ctr->sync_mode;
 	r->syncs = ctx->ctr->syncs;
 	r->synced_writes = ctx->ctr->synced_writes;
-	r->merge_state = (char *)"idle";
+	/* merge_reclaimed_bytes: the total since start (with merges, the
+	 * count); merge_last_ms: the duration of the last one. */
+	r->merge_state = (char *)(st.merge.state ? st.merge.state : "idle");
+	r->merges = st.merge.merges;
+	r->merge_last_ms = st.merge.last_ms;
+	r->merge_reclaimed_bytes = st.merge.total_reclaimed;
 	if (st.nsegs > 0) {
 		Kv__SegmentStats *segs = kv_arena_alloc(ctx->arena, st.nsegs * sizeof *segs);
 		Kv__SegmentStats **ptrs = kv_arena_alloc(ctx->arena, st.nsegs * sizeof *ptrs);
@@ -473,12 +479,79 @@ static void rpc_stats(const struct kv_rpc_ctx *ctx, const Kv__StatsRequest *rq,
 	res->reply = &r->base;
 }
 
-/* The merge worker is a later issue; this is the one place to replace. */
+/* MergeReply{state} in the arena; NULL when out of memory. */
+static Kv__MergeReply *merge_reply(const struct kv_rpc_ctx *ctx, const char *state)
+{
+	Kv__MergeReply *r = kv_arena_alloc(ctx->arena, sizeof *r);
+	if (!r)
+		return NULL;
+	kv__merge_reply__init(r);
+	r->state = (char *)state;
+	return r;
+}
+
+static void merge_failed(const struct kv_rpc_ctx *ctx, struct kv_rpc_result *res,
+			 const struct kv_merge_outcome *o)
+{
+	uint32_t code = o->rc == KV_EREADONLY || o->rc == -ESHUTDOWN ? KV__STATUS_CODE__UNAVAILABLE
+								    : KV__STATUS_CODE__INTERNAL;
+	fail(ctx, res, code, "%s", o->error[0] ? o->error : kv_strerror(o->rc));
+}
+
+/* Start a merge, or schedule one after the running one (kv_jobs). */
 static void rpc_merge(const struct kv_rpc_ctx *ctx, const Kv__MergeRequest *rq,
 		      struct kv_rpc_result *res)
 {
-	(void)rq;
-	fail(ctx, res, KV__STATUS_CODE__UNIMPLEMENTED, "merge is not implemented yet");
+	struct kv_merge_outcome o;
+	uint64_t ticket = 0;
+	const char *state = NULL;
+	if (!ctx->jobs) {
+		fail(ctx, res, KV__STATUS_CODE__UNAVAILABLE, "merges are not available");
+		return;
+	}
+	switch (kv_jobs_merge(ctx->jobs, &ticket, &o)) {
+	case KV_MERGE_STARTED:
+		state = "started";
+		break;
+	case KV_MERGE_SCHEDULED:
+		state = "scheduled";
+		break;
+	case KV_MERGE_NOTHING:
+		state = "nothing to merge";
+		ticket = 0; /* answered now, wait or not */
+		break;
+	case KV_MERGE_FAILED:
+		merge_failed(ctx, res, &o);
+		return;
+	}
+	if (rq->wait && ticket) {
+		res->wait_merge = ticket; /* invariant 4 */
+		return;
+	}
+	Kv__MergeReply *r = merge_reply(ctx, state);
+	if (!r) {
+		fail(ctx, res, KV__STATUS_CODE__RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	res->reply = &r->base;
+}
+
+void kv_rpc_merge_result(const struct kv_rpc_ctx *ctx, const struct kv_merge_outcome *o,
+			 struct kv_rpc_result *res)
+{
+	memset(res, 0, sizeof *res);
+	if (o->rc < 0) {
+		merge_failed(ctx, res, o);
+		return;
+	}
+	Kv__MergeReply *r = merge_reply(ctx, o->rc == 1 ? "nothing to merge" : "done");
+	if (!r) {
+		fail(ctx, res, KV__STATUS_CODE__RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	r->reclaimed_bytes = o->reclaimed_bytes;
+	r->duration_ms = o->duration_ms;
+	res->reply = &r->base;
 }
 
 static void rpc_sync(const struct kv_rpc_ctx *ctx, const Kv__SyncRequest *rq,

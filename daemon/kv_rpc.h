@@ -20,6 +20,10 @@
  *     sync when res->sync or --sync always) has succeeded.
  *  3. A handler never leaves a partially applied write: the engine applies
  *     a Batch atomically, and every validation happens before the call.
+ *  4. Merge with wait=true gives no reply at once but a ticket
+ *     (res->wait_merge): the server holds that request's place in the
+ *     connection's reply order and builds the reply with
+ *     kv_rpc_merge_result() when kv_jobs reports the ticket's end.
  */
 #ifndef KV_RPC_H
 #define KV_RPC_H
@@ -31,6 +35,7 @@
 
 #include "kv_arena.h"
 #include "kv_engine.h"
+#include "kv_jobs.h"
 
 /* Index of each method in kv__kv__descriptor.methods (checked, inv. 1). */
 enum kv_rpc_method {
@@ -62,6 +67,7 @@ struct kv_rpc_ctx {
 	struct kv_arena *arena;           /* request lifetime allocations */
 	struct kv_buf *val;               /* reusable value buffer */
 	const struct kv_rpc_counters *ctr;
+	struct kv_jobs *jobs;             /* Merge requests; NULL: UNAVAILABLE */
 };
 
 struct kv_rpc_scan;
@@ -76,6 +82,8 @@ struct kv_rpc_result {
 	int sync;                      /* the commit step must fdatasync */
 	struct kv_rpc_scan *scan;      /* Scan: a stream to continue; owned by
 	                                  the caller once returned */
+	uint64_t wait_merge;           /* Merge with wait: no reply yet; the
+	                                  kv_jobs ticket to wait for (inv. 4) */
 };
 
 /* Check the generated service descriptor against enum kv_rpc_method.
@@ -99,6 +107,13 @@ void kv_rpc_call(const struct kv_rpc_ctx *ctx, int m, const uint8_t *payload, si
  * about KV_RPC_SCAN_BYTES bytes per reply. */
 int kv_rpc_scan_next(const struct kv_rpc_ctx *ctx, struct kv_rpc_scan *sc,
 		     struct kv_rpc_result *res);
+
+/* The reply to a waiting Merge request once its merge ended (inv. 4):
+ * MergeReply{state "done" or "nothing to merge", reclaimed_bytes,
+ * duration_ms}, or INTERNAL "merge failed: ..." (UNAVAILABLE when the
+ * engine is read-only or kvd is stopping). */
+void kv_rpc_merge_result(const struct kv_rpc_ctx *ctx, const struct kv_merge_outcome *o,
+			 struct kv_rpc_result *res);
 
 /* Close the engine iterator and free sc. sc may be NULL. */
 void kv_rpc_scan_free(struct kv_rpc_scan *sc);

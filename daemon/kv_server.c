@@ -2,9 +2,10 @@
  * kv_server.c — kvd's event loop: listener, connections, framing,
  * dispatch, group commit, timers and signals (interface in kv_server.h).
  *
- * Owns the event base, the listening socket, every struct kv_conn with its
- * three evbuffers (in, out, held), the request arena and the value buffer
- * that kv_rpc uses. The engine is borrowed.
+ * Owns the event base, the listener (kv_listen), the jobs (kv_jobs: merge
+ * scheduling and driving), a copy of the peer allow-list (kv_acl), every
+ * struct kv_conn with its three evbuffers (in, out, held), the request
+ * arena and the value buffer that kv_rpc uses. The engine is borrowed.
  *
  * ONE PASS OF THE LOOP (kv_server_run)
  *   1. event_base_loop(EVLOOP_ONCE): read callbacks execute every complete
@@ -32,7 +33,10 @@
  *
  * CONNECTION STATES (struct kv_conn.state)
  *
- *   accept_cb ──> OPEN ──── conn_fatal (bad frame), peer EOF once every
+ *   accept_cb ─┬─> refused at once (max-connections, allow-list: one
+ *              │   UNAVAILABLE / PERMISSION_DENIED reply with id 0, close)
+ *              v
+ *                 OPEN ──── conn_fatal (bad frame), peer EOF once every
  *                  │        complete frame ran (conn_after_pump),
  *                  │        begin_shutdown ──────────────> DRAINING
  *                  │                                        │ no reads; out
@@ -51,6 +55,13 @@
  *                                write callback, a slice at a time while
  *                                out < SCAN_TARGET); later frames wait.
  *                      holding — replies wait in held for commit_step.
+ *                      mwait   — a Merge with wait=true awaits the end of
+ *                                its merge (kv_jobs ticket); later frames
+ *                                wait, reading goes on up to MWAIT_IN_CAP
+ *                                so a peer's EOF is seen. merge_done_cb
+ *                                replies and resumes; nothing else points
+ *                                at the connection meanwhile, so one that
+ *                                dies while waiting is simply skipped.
  *
  * INVARIANTS
  *  1. Replies leave a connection in request order: once one reply is
@@ -65,6 +76,10 @@
  *     until that vector has been processed: reap() skips it otherwise.
  *  5. Every work vector has room for every connection struct (ensured at
  *     accept), so pushing to one never allocates or fails.
+ *  6. A Merge reply that waits (mwait) keeps its place in the reply order:
+ *     no later frame of that connection runs before it is produced.
+ *  7. No event on an engine fd (the merge pipe) outlives kv_server_run():
+ *     kv_jobs_shutdown() removes them before the caller closes the engine.
  */
 #include "kv_server.h"
 
@@ -77,9 +92,7 @@
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,8 +102,10 @@
 #include "kv.pb-c.h"
 #include "kv_arena.h"
 #include "kv_frame.h"
+#include "kv_listen.h"
 #include "kv_log.h"
 #include "kv_rpc.h"
+#include "kv_sd.h"
 
 #define READ_CHUNK (64u * 1024u)          /* one read() normally */
 #define READ_MAX (4u * 1024u * 1024u)     /* per read callback, large frames */
@@ -103,6 +118,7 @@
 #define GATHER_PASSES 4                   /* see gather() */
 #define HELD_RECS_KEEP 4096
 #define VAL_KEEP (1024u * 1024u)          /* value buffer kept across requests */
+#define MWAIT_IN_CAP (256u * 1024u)       /* input read while a Merge waits */
 
 struct held_rec {
 	uint64_t id;
@@ -125,6 +141,8 @@ struct kv_conn {
 	size_t nrecs, caprecs;
 	struct kv_rpc_scan *scan; /* streaming Scan, or NULL */
 	uint64_t scan_id;
+	uint64_t mwait;    /* kv_jobs ticket a Merge waits for; 0 = none */
+	uint64_t mwait_id; /* that request's id */
 	uint64_t frame_since; /* ms: when the unfinished head frame began; 0 = none */
 	uint64_t stall_since; /* ms: output waiting without progress since; 0 = none */
 	unsigned reading : 1, writing : 1; /* rev / wev added */
@@ -143,13 +161,12 @@ struct kv_server {
 	struct kv_server_config cfg;
 	kv_engine *engine;
 	struct event_base *base;
-	int lfd;
-	int sock_owned; /* we created the socket file with this dev/ino */
-	dev_t sock_dev;
-	ino_t sock_ino;
+	struct kv_listener lis;
+	struct kv_jobs *jobs;
+	struct kv_acl acl; /* our copy of cfg.acl (cfg.acl is not used) */
 	struct event *listen_ev, *accept_retry_ev;
 	struct event *sig_ev[3];
-	struct event *tick_ev, *sync_ev, *sweep_ev, *stop_ev;
+	struct event *tick_ev, *sync_ev, *sweep_ev, *stop_ev, *wd_ev;
 	struct evbuffer *scratch; /* refusals */
 	struct kv_arena arena;
 	struct kv_buf val;
@@ -194,6 +211,8 @@ void kv_server_config_init(struct kv_server_config *cfg)
 	cfg->frame_timeout_ms = 30000;
 	cfg->write_timeout_ms = 60000;
 	cfg->shutdown_timeout_ms = 2000;
+	cfg->listen_fd = -1;
+	kv_jobs_config_init(&cfg->merge);
 }
 
 int kv_server_parse_sync(const char *s, struct kv_server_config *cfg)
@@ -278,7 +297,8 @@ static void conn_update_events(struct kv_conn *c)
 	struct kv_server *s = c->srv;
 	if (c->state == CONN_DEAD)
 		return;
-	int want_r = c->state == CONN_OPEN && !c->eof && !c->scan && !c->paused && !s->stopping;
+	int want_r = c->state == CONN_OPEN && !c->eof && !c->scan && !c->paused && !s->stopping &&
+		     !(c->mwait && evbuffer_get_length(c->in) >= MWAIT_IN_CAP);
 	int want_w = c->wblocked || (c->scan && !c->holding && c->state == CONN_OPEN);
 	if (want_r != (int)c->reading) {
 		if (want_r ? event_add(c->rev, NULL) : event_del(c->rev))
@@ -496,6 +516,11 @@ static void conn_exec_frame(struct kv_conn *c, uint32_t blen)
 		c->scan_id = env->id;
 		goto out;
 	}
+	if (res.wait_merge) { /* invariant 6: merge_done_cb replies */
+		c->mwait = res.wait_merge;
+		c->mwait_id = env->id;
+		goto out;
+	}
 	conn_reply_result(c, env->id, m, &res);
 out:
 	request_done(s);
@@ -530,7 +555,7 @@ static void conn_scan_step(struct kv_conn *c)
 static void conn_after_pump(struct kv_conn *c)
 {
 	if (c->state == CONN_OPEN) {
-		int blocked = c->scan || c->paused;
+		int blocked = c->scan || c->paused || c->mwait;
 		size_t have = evbuffer_get_length(c->in);
 		if (!blocked && c->eof) {
 			if (have > 0)
@@ -554,6 +579,8 @@ static void conn_after_pump(struct kv_conn *c)
 static void conn_pump(struct kv_conn *c)
 {
 	while (c->state == CONN_OPEN) {
+		if (c->mwait)
+			break; /* invariant 6 */
 		if (c->scan) {
 			if (c->holding || evbuffer_get_length(c->out) >= SCAN_TARGET)
 				break;
@@ -736,18 +763,21 @@ static int conn_new(struct kv_server *s, int fd)
 
 /* ---- accepting -------------------------------------------------------------------- */
 
-/* One UNAVAILABLE reply (id 0) on a connection we will not serve, then close. */
-static void refuse(struct kv_server *s, int fd, const char *why)
+/* One reply with id 0 on a connection we will not serve, then close. A
+ * fresh socket has room for it; if not, the client sees the close. */
+static void send_refusal(struct kv_server *s, int fd, uint32_t code, const char *why)
 {
-	struct kv_reply r = { .id = 0,
-			      .method = "",
-			      .code = KV__STATUS_CODE__UNAVAILABLE,
-			      .message = why,
-			      .end_of_stream = 1 };
+	struct kv_reply r = { .id = 0, .method = "", .code = code, .message = why, .end_of_stream = 1 };
 	if (kv_frame_put_reply(s->scratch, &r) > 0)
 		(void)evbuffer_write(s->scratch, fd);
 	evbuffer_drain(s->scratch, evbuffer_get_length(s->scratch));
 	close(fd);
+}
+
+/* UNAVAILABLE (id 0), close, and a warning at most every 10 s. */
+static void refuse(struct kv_server *s, int fd, const char *why)
+{
+	send_refusal(s, fd, KV__STATUS_CODE__UNAVAILABLE, why);
 	uint64_t now = mono_ms();
 	if (now - s->refuse_logged_ms >= 10000 || !s->refuse_logged_ms) {
 		s->refuse_logged_ms = now;
@@ -777,6 +807,17 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 			event_del(s->listen_ev);
 			event_add(s->accept_retry_ev, &tv);
 			break;
+		}
+		struct kv_peer peer;
+		if (!kv_acl_check(&s->acl, fd, &peer)) {
+			char why[128];
+			snprintf(why, sizeof why, "permission denied: uid %d gid %d is not allowed",
+				 (int)peer.uid, (int)peer.gid);
+			kv_log_warn("refused a connection from pid %d uid %d gid %d: not in "
+				    "allow-uids/allow-gids",
+				    (int)peer.pid, (int)peer.uid, (int)peer.gid);
+			send_refusal(s, fd, KV__STATUS_CODE__PERMISSION_DENIED, why);
+			continue;
 		}
 		if (s->ctr.connections >= s->cfg.max_connections) {
 			char why[96];
@@ -934,7 +975,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct kv_server *s = arg;
 	(void)fd;
 	(void)what;
-	int more = kv_engine_tick(s->engine);
+	int more = kv_engine_tick(s->engine); /* steps a running merge too: */
+	kv_jobs_poll(s->jobs);                /* its end, its pipe (kv_jobs inv. 3) */
 	struct timeval tv = ms_tv(more ? 10 : 1000);
 	event_add(s->tick_ev, &tv);
 }
@@ -979,6 +1021,16 @@ static void conn_begin_shutdown(struct kv_conn *c)
 	struct kv_server *s = c->srv;
 	if (c->state != CONN_OPEN)
 		return;
+	if (c->mwait) {
+		c->mwait = 0;
+		struct kv_reply r = { .id = c->mwait_id,
+				      .method = kv_rpc_method_name(KV_RPC_MERGE),
+				      .code = KV__STATUS_CODE__UNAVAILABLE,
+				      .message = "kvd is shutting down",
+				      .end_of_stream = 1 };
+		if (conn_put(c, &r, KV_RPC_MERGE, 0) < 0)
+			return;
+	}
 	if (c->scan) {
 		kv_rpc_scan_free(c->scan);
 		c->scan = NULL;
@@ -1019,14 +1071,13 @@ static void begin_shutdown(struct kv_server *s, const char *sig)
 		return;
 	}
 	s->stopping = 1;
+	kv_sd_notify("STOPPING=1\nSTATUS=stopping");
 	kv_log_info("%s: shutting down", sig);
+	kv_jobs_shutdown(s->jobs); /* a running merge is abandoned at close */
 	if (s->listen_ev)
 		event_del(s->listen_ev);
 	event_del(s->accept_retry_ev);
-	if (s->lfd >= 0) {
-		close(s->lfd);
-		s->lfd = -1;
-	}
+	kv_listen_close(&s->lis);
 	s->stop_deadline = mono_ms() + s->cfg.shutdown_timeout_ms;
 	struct timeval tv = ms_tv(s->cfg.shutdown_timeout_ms);
 	event_add(s->stop_ev, &tv); /* wakes the loop at the deadline */
@@ -1041,7 +1092,12 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	struct kv_server *s = arg;
 	(void)what;
 	if (sig == SIGHUP) {
-		kv_log_info("SIGHUP: nothing to reload");
+		if (s->stopping)
+			return;
+		if (s->cfg.reload)
+			s->cfg.reload(s->cfg.reload_arg);
+		else
+			kv_log_info("SIGHUP: nothing to reload");
 		return;
 	}
 	begin_shutdown(s, sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -1054,106 +1110,45 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
 	(void)arg; /* kv_server_run checks the deadline after the pass */
 }
 
-/* ---- the socket ------------------------------------------------------------------------------ */
+/* ---- merges ---------------------------------------------------------------------------------- */
 
-int kv_server_check_socket(const char *path, char *err, size_t errlen)
+/* kv_jobs: the merge with this ticket ended. Answer every connection that
+ * waits for it (there is no list: a dead connection is simply not found)
+ * and let it go on with its next frames. */
+static void merge_done_cb(void *arg, uint64_t ticket, const struct kv_merge_outcome *o)
 {
-	struct sockaddr_un sa;
-	size_t n = path ? strlen(path) : 0;
-	if (n == 0) {
-		snprintf(err, errlen, "empty socket path");
-		return -EINVAL;
+	struct kv_server *s = arg;
+	struct kv_conn *c;
+	TAILQ_FOREACH(c, &s->conns, link) {
+		if (c->mwait != ticket || c->state != CONN_OPEN)
+			continue;
+		c->mwait = 0;
+		struct kv_rpc_result res;
+		kv_rpc_merge_result(&s->rpc, o, &res);
+		conn_reply_result(c, c->mwait_id, KV_RPC_MERGE, &res);
+		request_done(s);
+		conn_pump(c); /* may kill c: freed only by reap() */
 	}
-	if (n >= sizeof sa.sun_path) {
-		snprintf(err, errlen, "socket path too long (%zu bytes, max %zu): %s", n,
-			 sizeof sa.sun_path - 1, path);
-		return -ENAMETOOLONG;
-	}
-	struct stat st;
-	if (lstat(path, &st) < 0) {
-		if (errno == ENOENT)
-			return 0;
-		int e = errno;
-		snprintf(err, errlen, "cannot stat socket %s: %s", path, strerror(e));
-		return -e;
-	}
-	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen, "%s exists and is not a socket", path);
-		return -EEXIST;
-	}
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		int e = errno;
-		snprintf(err, errlen, "socket: %s", strerror(e));
-		return -e;
-	}
-	memset(&sa, 0, sizeof sa);
-	sa.sun_family = AF_UNIX;
-	memcpy(sa.sun_path, path, n + 1);
-	int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
-	int e = rc < 0 ? errno : 0;
-	close(fd);
-	if (rc == 0 || e == EAGAIN || e == EINPROGRESS) {
-		snprintf(err, errlen, "another kvd is already serving on %s", path);
-		return -EADDRINUSE;
-	}
-	if (e == ECONNREFUSED)
-		return 1; /* stale: nobody listens */
-	if (e == ENOENT)
-		return 0;
-	snprintf(err, errlen, "cannot check socket %s: %s", path, strerror(e));
-	return -e;
 }
 
-static int create_listener(struct kv_server *s, char *err, size_t errlen)
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
 {
-	const char *path = s->cfg.socket_path;
-	int rc = kv_server_check_socket(path, err, errlen);
-	if (rc < 0)
-		return rc;
-	if (rc == 1) {
-		if (unlink(path) < 0 && errno != ENOENT) {
-			int e = errno;
-			snprintf(err, errlen, "cannot remove stale socket %s: %s", path, strerror(e));
-			return -e;
-		}
-		kv_log_info("removed stale socket %s", path);
-	}
-	s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (s->lfd < 0) {
-		int e = errno;
-		snprintf(err, errlen, "socket: %s", strerror(e));
-		return -e;
-	}
-	struct sockaddr_un sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sun_family = AF_UNIX;
-	memcpy(sa.sun_path, path, strlen(path) + 1);
-	mode_t old = umask(0177); /* no window with wider permissions */
-	rc = bind(s->lfd, (struct sockaddr *)&sa, sizeof sa);
-	int e = errno;
-	umask(old);
-	if (rc < 0) {
-		snprintf(err, errlen, "cannot bind %s: %s", path, strerror(e));
-		return -e;
-	}
-	struct stat st;
-	if (stat(path, &st) == 0) {
-		s->sock_owned = 1;
-		s->sock_dev = st.st_dev;
-		s->sock_ino = st.st_ino;
-	}
-	if (chmod(path, (mode_t)s->cfg.socket_mode) < 0) {
-		e = errno;
-		snprintf(err, errlen, "cannot chmod %s to %04o: %s", path, s->cfg.socket_mode,
-			 strerror(e));
-		return -e;
-	}
-	if (listen(s->lfd, SOMAXCONN) < 0) {
-		e = errno;
-		snprintf(err, errlen, "cannot listen on %s: %s", path, strerror(e));
-		return -e;
-	}
+	(void)fd;
+	(void)what;
+	(void)arg;
+	kv_sd_notify("WATCHDOG=1");
+}
+
+int kv_server_reconfigure(struct kv_server *s, const struct kv_server_config *cfg)
+{
+	struct kv_acl acl;
+	if (kv_acl_dup(&acl, cfg->acl) < 0)
+		return -ENOMEM;
+	kv_acl_free(&s->acl);
+	s->acl = acl;
+	s->cfg.max_connections = cfg->max_connections;
+	s->cfg.merge = cfg->merge;
+	kv_jobs_configure(s->jobs, &cfg->merge);
 	return 0;
 }
 
@@ -1170,8 +1165,9 @@ int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
 		return -ENOMEM;
 	}
 	s->cfg = *cfg;
+	s->cfg.acl = NULL; /* s->acl is the copy */
 	s->engine = engine;
-	s->lfd = -1;
+	s->lis.fd = -1;
 	TAILQ_INIT(&s->conns);
 	kv_arena_init(&s->arena);
 	if (cfg->sync_mode == KV_SYNC_ALWAYS)
@@ -1187,6 +1183,10 @@ int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
 	s->rpc.arena = &s->arena;
 	s->rpc.val = &s->val;
 	s->rpc.ctr = &s->ctr;
+	if (kv_acl_dup(&s->acl, cfg->acl) < 0) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 
 	if ((rc = kv_frame_init(err, errlen)) < 0 || (rc = kv_rpc_init(err, errlen)) < 0)
 		goto fail;
@@ -1200,10 +1200,18 @@ int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
 		snprintf(err, errlen, "cannot create the libevent base");
 		goto fail;
 	}
-	if ((rc = create_listener(s, err, errlen)) < 0)
+	if (cfg->listen_fd >= 0)
+		rc = kv_listen_adopt(&s->lis, cfg->listen_fd, err, errlen);
+	else
+		rc = kv_listen_bind(&s->lis, cfg->socket_path, cfg->socket_mode, err, errlen);
+	if (rc < 0)
 		goto fail;
+	if ((rc = kv_jobs_create(s->base, engine, &cfg->merge, merge_done_cb, s, &s->jobs, err,
+				 errlen)) < 0)
+		goto fail;
+	s->rpc.jobs = s->jobs;
 	rc = -ENOMEM;
-	s->listen_ev = event_new(s->base, s->lfd, EV_READ | EV_PERSIST, accept_cb, s);
+	s->listen_ev = event_new(s->base, s->lis.fd, EV_READ | EV_PERSIST, accept_cb, s);
 	s->accept_retry_ev = evtimer_new(s->base, accept_retry_cb, s);
 	s->tick_ev = evtimer_new(s->base, tick_cb, s);
 	s->sweep_ev = event_new(s->base, -1, EV_PERSIST, sweep_cb, s);
@@ -1217,6 +1225,14 @@ int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
 	if (cfg->sync_mode == KV_SYNC_INTERVAL &&
 	    !(s->sync_ev = event_new(s->base, -1, EV_PERSIST, sync_cb, s)))
 		goto fail_ev;
+	if (cfg->watchdog_usec > 0) {
+		uint64_t half_ms = cfg->watchdog_usec / 2000u;
+		struct timeval wtv = ms_tv((unsigned)(half_ms < 1 ? 1 : half_ms > 3600000u ? 3600000u
+											 : half_ms));
+		if (!(s->wd_ev = event_new(s->base, -1, EV_PERSIST, watchdog_cb, s)) ||
+		    event_add(s->wd_ev, &wtv))
+			goto fail_ev;
+	}
 
 	struct timeval tv = ms_tv(10);
 	unsigned sweep = cfg->frame_timeout_ms < cfg->write_timeout_ms ? cfg->frame_timeout_ms
@@ -1285,6 +1301,7 @@ int kv_server_run(struct kv_server *s)
 		if (s->stopping && (TAILQ_EMPTY(&s->conns) || mono_ms() >= s->stop_deadline))
 			s->done = 1;
 	}
+	kv_jobs_shutdown(s->jobs); /* invariant 7 */
 	/* Last held replies (if the deadline cut the drain short they are lost
 	 * with their connection, and the client sees it closed, never an OK
 	 * for something that was not committed). */
@@ -1313,20 +1330,17 @@ void kv_server_free(struct kv_server *s)
 		return;
 	while (!TAILQ_EMPTY(&s->conns))
 		conn_free(TAILQ_FIRST(&s->conns));
-	struct event *evs[] = { s->listen_ev, s->accept_retry_ev, s->tick_ev, s->sync_ev,
-				s->sweep_ev,  s->stop_ev,	  s->sig_ev[0], s->sig_ev[1],
-				s->sig_ev[2] };
+	kv_jobs_shutdown(s->jobs);
+	kv_jobs_free(s->jobs);
+	struct event *evs[] = { s->listen_ev,	s->accept_retry_ev, s->tick_ev,	   s->sync_ev,
+				s->sweep_ev,	s->stop_ev,	    s->wd_ev,	   s->sig_ev[0],
+				s->sig_ev[1], s->sig_ev[2] };
 	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
 		if (evs[i])
 			event_free(evs[i]);
-	if (s->lfd >= 0)
-		close(s->lfd);
-	if (s->sock_owned) {
-		struct stat st;
-		if (stat(s->cfg.socket_path, &st) == 0 && st.st_dev == s->sock_dev &&
-		    st.st_ino == s->sock_ino)
-			unlink(s->cfg.socket_path);
-	}
+	kv_listen_close(&s->lis);
+	kv_listen_remove(&s->lis);
+	kv_acl_free(&s->acl);
 	if (s->scratch)
 		evbuffer_free(s->scratch);
 	if (s->base)

@@ -4,7 +4,10 @@
  * directory and socket, wait until it accepts (bounded), stop it by pid
  * (SIGTERM, bounded wait, SIGKILL fallback), and speak the wire protocol
  * with raw sockets and the generated kv.pb-c code — independent of
- * libkvclient.
+ * libkvclient. Also: kvtd_spawn_raw() (exact arguments, e.g. a run whose
+ * data directory and socket come from a configuration file), log helpers
+ * (kvtd_wait_log, kvt_file_count), and assertion-free Put/Get/Stats
+ * (kvt_put, kvt_get, kvt_stats) for tests to assert on.
  *
  * Header-only (static functions) so each test stays one .c file.
  * Every wait here is bounded in time; nothing blocks forever.
@@ -81,19 +84,15 @@ struct kvtd {
 	char log[320];
 };
 
-/* Fork/exec kvd with --data-dir data --socket sock + extra (NULL-ended);
- * stderr and stdout go (appended) to d->log. */
-static inline int kvtd_spawn(struct kvtd *d, const char *const *extra)
+/* Fork/exec kvd with exactly the arguments args (NULL-ended, without the
+ * program name); stderr and stdout go (appended) to d->log. */
+static inline int kvtd_spawn_raw(struct kvtd *d, const char *const *args)
 {
 	const char *argv[64];
 	int n = 0;
 	argv[n++] = kvt_kvd_path();
-	argv[n++] = "--data-dir";
-	argv[n++] = d->data;
-	argv[n++] = "--socket";
-	argv[n++] = d->sock;
-	for (int i = 0; extra && extra[i] && n < 62; i++)
-		argv[n++] = extra[i];
+	for (int i = 0; args && args[i] && n < 62; i++)
+		argv[n++] = args[i];
 	argv[n] = NULL;
 	fflush(NULL);
 	pid_t pid = fork();
@@ -113,6 +112,21 @@ static inline int kvtd_spawn(struct kvtd *d, const char *const *extra)
 	}
 	d->pid = pid;
 	return 0;
+}
+
+/* Fork/exec kvd with --data-dir data --socket sock + extra (NULL-ended). */
+static inline int kvtd_spawn(struct kvtd *d, const char *const *extra)
+{
+	const char *args[64];
+	int n = 0;
+	args[n++] = "--data-dir";
+	args[n++] = d->data;
+	args[n++] = "--socket";
+	args[n++] = d->sock;
+	for (int i = 0; extra && extra[i] && n < 62; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	return kvtd_spawn_raw(d, args);
 }
 
 /* 0 once a connect() to d->sock succeeds; -1 if kvd exited or timeout_ms
@@ -270,6 +284,48 @@ static inline int kvt_file_contains(const char *path, const char *needle)
 	fclose(f);
 	buf[n] = '\0';
 	return strstr(buf, needle) != NULL;
+}
+
+/* How many times needle occurs in the file (first MiB). */
+static inline int kvt_file_count(const char *path, const char *needle)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	static char buf[1 << 20];
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	int count = 0;
+	for (const char *p = buf; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+		count++;
+	return count;
+}
+
+/* Wait up to timeout_ms for needle to appear in d's log. 1 or 0. */
+static inline int kvtd_wait_log(const struct kvtd *d, const char *needle, unsigned timeout_ms)
+{
+	uint64_t end = kvt_now_ms() + timeout_ms;
+	for (;;) {
+		if (kvt_file_contains(d->log, needle))
+			return 1;
+		if (kvt_now_ms() >= end)
+			return 0;
+		kvt_sleep_ms(10);
+	}
+}
+
+/* Write text to path (replacing it). 0 or -1. */
+static inline int kvt_write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return -1;
+	size_t n = strlen(text);
+	int rc = fwrite(text, 1, n, f) == n ? 0 : -1;
+	if (fclose(f) != 0)
+		rc = -1;
+	return rc;
 }
 
 /* ---- sockets and frames ------------------------------------------------------------ */
@@ -475,6 +531,63 @@ static inline Kv__Envelope *kvt_call(int fd, uint64_t id, const char *method,
 	if (kvt_send(fd, id, method, msg) < 0)
 		return NULL;
 	return kvt_recv(fd);
+}
+
+/* ---- requests without assertions (tests assert on the results) ------------------------------ */
+
+/* Put k = v; the reply's status, or -1 when no reply came. */
+static inline int kvt_put(int fd, uint64_t id, const char *k, const void *v, size_t vl)
+{
+	Kv__PutRequest rq = KV__PUT_REQUEST__INIT;
+	rq.key.data = (uint8_t *)k;
+	rq.key.len = strlen(k);
+	rq.value.data = (uint8_t *)v;
+	rq.value.len = vl;
+	Kv__Envelope *e = kvt_call(fd, id, "Put", &rq.base);
+	if (!e)
+		return -1;
+	int st = e->id == id ? (int)e->status_code : -1;
+	kv__envelope__free_unpacked(e, NULL);
+	return st;
+}
+
+/* Get k into out (NUL-terminated, cut to cap-1 bytes); the status, or -1. */
+static inline int kvt_get(int fd, uint64_t id, const char *k, char *out, size_t cap)
+{
+	Kv__GetRequest rq = KV__GET_REQUEST__INIT;
+	rq.key.data = (uint8_t *)k;
+	rq.key.len = strlen(k);
+	Kv__Envelope *e = kvt_call(fd, id, "Get", &rq.base);
+	if (!e)
+		return -1;
+	int st = e->id == id ? (int)e->status_code : -1;
+	if (st == 0 && cap > 0) {
+		Kv__GetReply *r = kv__get_reply__unpack(NULL, e->payload.len, e->payload.data);
+		if (!r) {
+			st = -1;
+		} else {
+			size_t n = r->value.len < cap - 1 ? r->value.len : cap - 1;
+			memcpy(out, r->value.data, n);
+			out[n] = '\0';
+			kv__get_reply__free_unpacked(r, NULL);
+		}
+	}
+	kv__envelope__free_unpacked(e, NULL);
+	return st;
+}
+
+/* Stats, unpacked (free with kv__stats_reply__free_unpacked), or NULL. */
+static inline Kv__StatsReply *kvt_stats(int fd, uint64_t id)
+{
+	Kv__StatsRequest rq = KV__STATS_REQUEST__INIT;
+	Kv__Envelope *e = kvt_call(fd, id, "Stats", &rq.base);
+	if (!e)
+		return NULL;
+	Kv__StatsReply *r = NULL;
+	if (e->id == id && e->status_code == 0)
+		r = kv__stats_reply__unpack(NULL, e->payload.len, e->payload.data);
+	kv__envelope__free_unpacked(e, NULL);
+	return r;
 }
 
 #endif /* KV_TEST_DAEMON_H */
