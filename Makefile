@@ -4,6 +4,10 @@
 #   make test       build and run every test          (SAN=1: ASan+UBSan, in build/san/)
 #   make run        start kvd in the foreground on ./var/data, socket ./var/kvd.sock
 #   make deps       install the Debian packages the build needs (apt-get)
+#   make demo       a narrated walkthrough: recovery, compaction, statistics
+#   make torture    crash torture (CYCLES=N kill -9 cycles + N simulated power cuts)
+#   make bench-sync group commit under --sync always
+#   make bench-redis    kvd vs Redis (AOF) in every durability mode (BENCH_QUICK=1)
 #   make bench-engine   engine vs LevelDB benchmark
 #   make install / uninstall   PREFIX=/usr/local DESTDIR=
 #   make clean
@@ -66,7 +70,7 @@ LIBSO   = $(B)/libkvclient.so.$(SOVER)
 LIBA    = $(B)/libkvclient.a
 
 .PHONY: all build-all test test-run deps deps-check run clean install uninstall \
-        bench-engine bench-engine-run torture bench-sync
+        bench-engine bench-engine-run torture bench-sync bench-redis demo
 .DEFAULT_GOAL := all
 
 all: deps-check
@@ -127,7 +131,7 @@ $(LIBSO): $(LIB_OBJ)
 
 # kvctl links libkvclient only (statically, so build/kvctl runs from the tree).
 $(B)/kvctl: $(KVCTL_OBJ) $(LIBA)
-	$(CC) $(KV_LDFLAGS) $(LDFLAGS) -o $@ $(KVCTL_OBJ) $(LIBA) $(PB_LIBS) $(ED_LIBS) -lm
+	$(CC) $(KV_LDFLAGS) $(LDFLAGS) -o $@ $(KVCTL_OBJ) $(LIBA) $(PB_LIBS) $(ED_LIBS) -lm -lpthread
 
 $(B)/kvclient.pc: libkvclient/kvclient.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(SOVER)|g' $< > $@
@@ -175,6 +179,10 @@ run: all
 	@echo "try:  $(B)/kvctl -s ./var/kvd.sock ping"
 	exec $(B)/kvd --data-dir ./var/data --socket ./var/kvd.sock
 
+# --- the narrated walkthrough ----------------------------------------------------------
+demo: all
+	@KVD=$(B)/kvd KVCTL=$(B)/kvctl sh client/demo.sh
+
 # --- benchmarks -------------------------------------------------------------------------
 bench-engine: deps-check
 	@if ! [ -f /usr/include/leveldb/c.h ]; then \
@@ -189,6 +197,10 @@ $(B)/bench_engine: tests/bench/bench_engine.c $(ENGINE_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(KV_CFLAGS) $(INC) -o $@ $< $(ENGINE_OBJ) $(KV_LDFLAGS) $(LDFLAGS) -lleveldb -lm
 
+# kvd vs Redis (AOF) side by side; BENCH_QUICK=1 for a short run.
+bench-redis: all
+	KVD=$(B)/kvd KVCTL=$(B)/kvctl sh tests/bench/bench_redis.sh
+
 bench-sync: all $(B)/bench_sync
 	KVD=$(B)/kvd $(B)/bench_sync $(BENCH_ARGS)
 
@@ -197,10 +209,18 @@ $(B)/bench_sync: tests/bench/bench_sync.c $(LIBA)
 	$(CC) $(CFLAGS) $(KV_CFLAGS) $(INC) -o $@ $< $(LIBA) $(KV_LDFLAGS) $(LDFLAGS) $(PB_LIBS) -lpthread
 
 # --- install ------------------------------------------------------------------------------
-install: all
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+
+$(B)/kvd.service: systemd/kvd.service
+	sed -e 's|@SBINDIR@|$(PREFIX)/sbin|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $< > $@
+
+install: all $(B)/kvd.service
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/lib \
 		$(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
-		$(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man8
+		$(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(PREFIX)/lib/sysusers.d \
+		$(DESTDIR)$(PREFIX)/lib/tmpfiles.d $(DESTDIR)$(SYSCONFDIR)/kvd
 	install -m 755 $(B)/kvd $(DESTDIR)$(PREFIX)/sbin/kvd
 	install -m 755 $(B)/kvctl $(DESTDIR)$(PREFIX)/bin/kvctl
 	install -m 755 $(LIBSO) $(DESTDIR)$(PREFIX)/lib/
@@ -211,12 +231,24 @@ install: all
 	install -m 644 $(B)/kvclient.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
 	install -m 644 client/kvctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 644 daemon/kvd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -m 644 $(B)/kvd.service systemd/kvd.socket $(DESTDIR)$(UNITDIR)/
+	install -m 644 systemd/kvd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/kvd.conf
+	install -m 644 systemd/kvd.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/kvd.conf
+	@# never overwrite a configuration the admin has edited
+	if [ -f $(DESTDIR)$(SYSCONFDIR)/kvd/kvd.conf ]; then \
+		install -m 644 daemon/kvd.conf $(DESTDIR)$(SYSCONFDIR)/kvd/kvd.conf.example; \
+	else install -m 644 daemon/kvd.conf $(DESTDIR)$(SYSCONFDIR)/kvd/kvd.conf; fi
+	@[ -n "$(DESTDIR)" ] || ldconfig 2>/dev/null || true
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/kvd $(DESTDIR)$(PREFIX)/bin/kvctl \
 		$(DESTDIR)$(PREFIX)/lib/libkvclient.so* $(DESTDIR)$(PREFIX)/lib/libkvclient.a \
 		$(DESTDIR)$(PREFIX)/include/kvclient.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/kvclient.pc \
-		$(DESTDIR)$(PREFIX)/share/man/man1/kvctl.1 $(DESTDIR)$(PREFIX)/share/man/man8/kvd.8
+		$(DESTDIR)$(PREFIX)/share/man/man1/kvctl.1 $(DESTDIR)$(PREFIX)/share/man/man8/kvd.8 \
+		$(DESTDIR)$(UNITDIR)/kvd.service $(DESTDIR)$(UNITDIR)/kvd.socket \
+		$(DESTDIR)$(PREFIX)/lib/sysusers.d/kvd.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/kvd.conf \
+		$(DESTDIR)$(SYSCONFDIR)/kvd/kvd.conf.example
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/kvd/kvd.conf (your configuration) and the data directory"
 
 clean:
 	rm -rf build

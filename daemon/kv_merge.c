@@ -76,6 +76,8 @@ struct kv_merge {
 	uint32_t R, k;   /* reserved output ids [R, R+k) */
 	uint32_t nout;
 	uint64_t in_bytes, out_bytes;
+	uint32_t del_next; /* DELETING: next input to unlink (oldest first) */
+	uint64_t freed;
 	uint8_t *buf;    /* unparsed reports */
 	size_t len, cap, pos;
 	struct timespec t0;
@@ -613,12 +615,13 @@ static int finish_failed(kv_engine *e, struct kv_merge *m)
 	return -EIO;
 }
 
-/* Delete the inputs, oldest first (invariant 5). */
-static void delete_inputs(kv_engine *e, struct kv_merge *m)
+/* Delete up to max inputs, oldest first (invariant 5), a few per step so
+ * no client waits on a long run of unlinks. Returns 1 while inputs remain. */
+static int delete_inputs(kv_engine *e, struct kv_merge *m, unsigned max)
 {
-	uint64_t freed = 0;
-	for (uint32_t i = 0; i < m->nin; i++) {
-		struct seg *s = kv_eng_seg_find(e, m->in[i]);
+	unsigned n = 0;
+	for (; m->del_next < m->nin && n < max; m->del_next++) {
+		struct seg *s = kv_eng_seg_find(e, m->in[m->del_next]);
 		if (!s)
 			continue;
 		if (s->live) { /* never expected: keep it and everything newer */
@@ -626,14 +629,20 @@ static void delete_inputs(kv_engine *e, struct kv_merge *m)
 				   "merge: input segment %u still holds %llu live bytes; keeping "
 				   "it and the newer inputs",
 				   s->id, (unsigned long long)s->live);
+			m->del_next = m->nin;
 			break;
 		}
-		freed += s->size;
+		m->freed += s->size;
 		kv_eng_seg_remove(e, s);
+		n++;
 	}
-	kv_fsync_dir(e->dir);
-	e->dir_dirty = 0;
-	uint64_t out = 0;
+	if (n) {
+		kv_fsync_dir(e->dir);
+		e->dir_dirty = 0;
+	}
+	if (m->del_next < m->nin)
+		return 1;
+	uint64_t out = 0, freed = m->freed;
 	for (uint32_t id = m->R; id < m->R + m->k; id++) {
 		struct seg *s = kv_eng_seg_find(e, id);
 		if (s)
@@ -652,6 +661,7 @@ static void delete_inputs(kv_engine *e, struct kv_merge *m)
 		   (unsigned long long)e->minfo.last_ms, m->nin, (unsigned long long)freed, m->nout,
 		   (unsigned long long)out, (unsigned long long)e->minfo.last_reclaimed);
 	merge_free(e, m);
+	return 0;
 }
 
 /* Read what the pipe holds without blocking. */
@@ -728,8 +738,7 @@ int kv_engine_merge_step(kv_engine *e, unsigned budget)
 	}
 	if (e->iters > 0)
 		return 1; /* an iterator may still read the inputs */
-	delete_inputs(e, m);
-	return 0;
+	return delete_inputs(e, m, 4);
 }
 
 void kv_merge_abandon(kv_engine *e)
