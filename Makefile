@@ -7,6 +7,7 @@
 #   make demo       a narrated walkthrough: recovery, compaction, statistics
 #   make torture    crash torture (CYCLES=N kill -9 cycles + N simulated power cuts)
 #   make bench-sync group commit under --sync always
+#   make bench-merge    client latency with and without a merge running
 #   make bench-redis    kvd vs Redis (AOF) in every durability mode (BENCH_QUICK=1)
 #   make bench-engine   engine vs LevelDB benchmark
 #   make install / uninstall   PREFIX=/usr/local DESTDIR=
@@ -70,7 +71,7 @@ LIBSO   = $(B)/libkvclient.so.$(SOVER)
 LIBA    = $(B)/libkvclient.a
 
 .PHONY: all build-all test test-run deps deps-check run clean install uninstall \
-        bench-engine bench-engine-run torture bench-sync bench-redis demo
+        bench-engine bench-engine-run torture bench-sync bench-redis bench-merge demo
 .DEFAULT_GOAL := all
 
 all: deps-check
@@ -118,7 +119,7 @@ $(B)/pic/%.o: %.c | $(GEN)/kv.pb-c.h
 
 # --- programs and libraries -------------------------------------------------------
 $(B)/kvd: $(SERVER_OBJ) $(ENGINE_OBJ)
-	$(CC) $(KV_LDFLAGS) $(LDFLAGS) -o $@ $^ $(EV_LIBS) $(PB_LIBS) $(INI_LIBS) -lm
+	$(CC) $(KV_LDFLAGS) $(LDFLAGS) -o $@ $^ $(EV_LIBS) $(PB_LIBS) $(INI_LIBS) -lm -lpthread
 
 $(LIBA): $(LIB_OBJ)
 	@rm -f $@
@@ -200,6 +201,9 @@ $(B)/bench_engine: tests/bench/bench_engine.c $(ENGINE_OBJ)
 # kvd vs Redis (AOF) side by side; BENCH_QUICK=1 for a short run.
 bench-redis: all
 	KVD=$(B)/kvd KVCTL=$(B)/kvctl sh tests/bench/bench_redis.sh
+
+bench-merge: all
+	KVD=$(B)/kvd KVCTL=$(B)/kvctl sh tests/bench/bench_merge.sh
 
 bench-sync: all $(B)/bench_sync
 	KVD=$(B)/kvd $(B)/bench_sync $(BENCH_ARGS)

@@ -45,7 +45,7 @@
 #include "kv_log.h"
 #include "kv_sd.h"
 
-#define STEP_BUDGET 2000       /* reports applied per step */
+#define STEP_BUDGET 512        /* reports applied per step (~0.2 ms) */
 #define STEP_FALLBACK_MS 100   /* step timer while the worker runs */
 #define STEP_FINISH_MS 1       /* ... once its pipe is at EOF */
 #define BACKOFF_BASE_MS 10000u /* first pause of automatic merges */

@@ -54,6 +54,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,6 +94,7 @@ struct out {
 	uint32_t id;        /* current output, 0 when none */
 	int fd;
 	uint64_t size;      /* bytes written + buffered */
+	uint64_t wb_from;   /* writeback started below this offset */
 	uint8_t *buf;
 	size_t blen, bcap;
 	struct kv_hint_buf hb;
@@ -136,6 +139,14 @@ static int out_flush(struct out *o)
 {
 	int rc = o->blen ? kv_write_all(o->fd, o->buf, o->blen) : 0;
 	o->blen = 0;
+	/* start writeback as we go: the output's fsync finds little left, and
+	 * kvd's own fdatasyncs do not queue behind a burst of merge pages */
+	uint64_t written = o->size; /* everything buffered is written now */
+	if (!rc && written - o->wb_from >= (8u << 20)) {
+		sync_file_range(o->fd, (off_t)o->wb_from, (off_t)(written - o->wb_from),
+				SYNC_FILE_RANGE_WRITE);
+		o->wb_from = written;
+	}
 	return rc;
 }
 
@@ -156,6 +167,7 @@ static int out_open(struct out *o)
 	memcpy(o->buf, hdr, sizeof hdr);
 	o->blen = sizeof hdr;
 	o->size = sizeof hdr;
+	o->wb_from = 0;
 	o->nold = 0;
 	return kv_hint_begin(&o->hb, o->id);
 }
@@ -465,6 +477,13 @@ int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() == 1)
 			_exit(1);
+		/* clients first: the worker yields the CPU and the disk to kvd
+		 * (nice 10, lowest best-effort I/O priority) */
+		if (setpriority(PRIO_PROCESS, 0, 10) != 0) {
+			/* not fatal: the merge just competes harder */
+		}
+		syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0,
+			(2 << 13) | 7 /* IOPRIO_CLASS_BE, level 7 */);
 		if (child_init)
 			child_init(arg);
 		sigset_t all;
