@@ -48,7 +48,23 @@ struct kv_keydir {
 	uint32_t bump; /* next free unit in the last block */
 	uint32_t *freelist; /* MAX_UNITS + 1 heads, by size in units */
 	uint64_t keys, key_bytes, arena_units, garbage_units;
+	/* the table a finished resize left behind, unmapped a slice at a time
+	 * (one munmap of a large populated table stalls for milliseconds) */
+	uint8_t *old_mem;
+	size_t old_len;
 };
+
+#define RELEASE_SLICE (512u << 10) /* bytes of an old table unmapped per operation */
+
+static void release_old(kv_keydir *kd, size_t max)
+{
+	while (kd->old_len && max) {
+		size_t n = kd->old_len < RELEASE_SLICE ? kd->old_len : RELEASE_SLICE;
+		munmap(kd->old_mem + kd->old_len - n, n);
+		kd->old_len -= n;
+		max = max > n ? max - n : 0;
+	}
+}
 
 /* --- hashing ------------------------------------------------------------------ */
 
@@ -301,7 +317,9 @@ static int start_resize(kv_keydir *kd)
 
 static void finish_resize(kv_keydir *kd)
 {
-	table_free(&kd->t[0]);
+	release_old(kd, SIZE_MAX); /* the one before, if any is left */
+	kd->old_mem = (uint8_t *)kd->t[0].b;
+	kd->old_len = kd->t[0].nb * sizeof(struct bucket);
 	kd->t[0] = kd->t[1];
 	memset(&kd->t[1], 0, sizeof kd->t[1]);
 	kd->resizing = 0;
@@ -326,15 +344,17 @@ static void migrate_bucket(kv_keydir *kd, size_t i)
 
 int kv_keydir_step(kv_keydir *kd, unsigned n)
 {
+	if (kd->old_len) /* (unmapping copies nothing, even with a child alive) */
+		release_old(kd, n >= 1024 ? 8 * RELEASE_SLICE : RELEASE_SLICE);
 	if (!kd->resizing)
-		return 0;
+		return kd->old_len != 0;
 	if (kd->frozen) /* invariant 4 */
 		return 1;
 	while (n-- && kd->rehash_idx < kd->t[0].nb)
 		migrate_bucket(kd, kd->rehash_idx++);
 	if (kd->rehash_idx >= kd->t[0].nb)
 		finish_resize(kd);
-	return kd->resizing;
+	return kd->resizing || kd->old_len;
 }
 
 /* Called before an insert into the table that takes new keys. */
@@ -385,6 +405,7 @@ void kv_keydir_free(kv_keydir *kd)
 		return;
 	table_free(&kd->t[0]);
 	table_free(&kd->t[1]);
+	release_old(kd, SIZE_MAX);
 	for (uint32_t i = 0; i < kd->nblocks; i++)
 		munmap(kd->blocks[i], BLOCK_BYTES);
 	free(kd->freelist);
@@ -543,7 +564,7 @@ void kv_keydir_stats(const kv_keydir *kd, struct kv_keydir_stats *st)
 	memset(st, 0, sizeof *st);
 	st->keys = kd->keys;
 	st->key_bytes = kd->key_bytes;
-	st->table_bytes = (kd->t[0].nb + kd->t[1].nb) * sizeof(struct bucket);
+	st->table_bytes = (kd->t[0].nb + kd->t[1].nb) * sizeof(struct bucket) + kd->old_len;
 	st->arena_bytes = kd->arena_units * 4u;
 	st->garbage_bytes = kd->garbage_units * 4u;
 	st->bytes = st->table_bytes + st->arena_bytes;
