@@ -554,6 +554,12 @@ int kv_keydir_reserve(kv_keydir *kd, size_t n)
 	return 0;
 }
 
+void kv_keydir_prefetch(const kv_keydir *kd, const void *key, size_t klen)
+{
+	const struct table *t = &kd->t[kd->resizing ? 1 : 0];
+	__builtin_prefetch(&t->b[kv_hash(key, klen) & (t->nb - 1)]);
+}
+
 void kv_keydir_freeze(kv_keydir *kd, int frozen)
 {
 	kd->frozen = frozen;

@@ -86,6 +86,10 @@ struct kv_keydir_stats {
 };
 void kv_keydir_stats(const kv_keydir *kd, struct kv_keydir_stats *st);
 
+/* Start loading the cache line where key would be looked up (bulk loads
+ * prefetch the next key while inserting the current one). */
+void kv_keydir_prefetch(const kv_keydir *kd, const void *key, size_t klen);
+
 /* The hash used by the keydir (seeded per process). */
 uint64_t kv_hash(const void *key, size_t klen);
 

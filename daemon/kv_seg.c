@@ -214,6 +214,9 @@ int kv_hint_parse(const uint8_t *data, size_t len, uint32_t seg_id,
 		h.off = kv_get32(p + 16);
 		h.size = kv_get32(p + 20);
 		h.key = p + KV_HINT_ENT;
+		size_t next = off + KV_HINT_ENT + h.klen; /* bounds checked by the first pass */
+		h.next_key = next < end ? data + next + KV_HINT_ENT : NULL;
+		h.next_klen = next < end ? (uint32_t)kv_get16(data + next + 12) + 1u : 0;
 		int rc = cb(arg, &h);
 		if (rc)
 			return rc;

@@ -59,6 +59,8 @@ struct kv_hint_ent {
 	uint32_t off;
 	uint32_t size;
 	const uint8_t *key;
+	const uint8_t *next_key; /* the following entry's key (NULL at the end): */
+	uint32_t next_klen;      /* lets a loader prefetch its hash bucket */
 };
 
 /* Parse a mapped hint file of segment seg_id. Returns 0, KV_ECORRUPT (bad
