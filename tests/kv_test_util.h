@@ -44,4 +44,13 @@ static inline long long kvt_file_size(const char *path)
 	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
 }
 
+/* Replace `to` with a copy of directory `from` (cp -a). 0 or -1. */
+static inline int kvt_copy_dir(const char *from, const char *to)
+{
+	char cmd[2 * 4096 + 32];
+	kvt_rmrf(to);
+	snprintf(cmd, sizeof cmd, "cp -a '%s' '%s'", from, to);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
 #endif

@@ -113,14 +113,6 @@ static void remove_ext(const char *dir, const char *ext)
 	closedir(d);
 }
 
-static void copy_dir(const char *from, const char *to)
-{
-	char cmd[PATH_MAX * 2 + 32];
-	kvt_rmrf(to);
-	snprintf(cmd, sizeof cmd, "cp -a '%s' '%s'", from, to);
-	assert_int_equal(system(cmd), 0);
-}
-
 static void read_file(const char *path, uint8_t **data, size_t *len)
 {
 	FILE *f = fopen(path, "rb");
@@ -273,6 +265,52 @@ static void test_basic_and_reopen(void **state)
 	assert_int_equal(st.keys, 1);
 	assert_true(st.dead_bytes > 0);
 	kv_stats_free(&st);
+	kv_engine_close(e);
+	kv_buf_free(&b);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
+/* kv_engine_prefetch only reads: every stage, on keys in sealed segments,
+ * in the active segment's file and in its tail buffer, absent, deleted,
+ * empty and oversized keys, leaves every answer and statistic unchanged. */
+static void test_prefetch_reads_only(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("prefetch");
+	struct kv_buf b = {0};
+	kv_engine *e = open_eng(dir, 4096); /* several sealed segments */
+	char k[32], v[64];
+	for (int i = 0; i < 200; i++) {
+		snprintf(k, sizeof k, "key%03d", i);
+		snprintf(v, sizeof v, "value-%03d-%032d", i, i);
+		put_s(e, k, v);
+	}
+	assert_int_equal(kv_engine_flush(e), 0);
+	put_s(e, "tail", "in the tail buffer");
+	assert_int_equal(kv_engine_delete(e, "key007", 6), 0);
+	static char big[KV_MAX_KEY + 10];
+	memset(big, 'k', sizeof big);
+	struct kv_stats st0, st1;
+	assert_int_equal(kv_engine_stats(e, &st0), 0);
+	const char *keys[] = { "key000", "key123", "key199", "tail", "key007", "absent" };
+	for (int stage = 0; stage < 4; stage++) {
+		for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+			kv_engine_prefetch(e, keys[i], strlen(keys[i]), stage);
+		kv_engine_prefetch(e, "", 0, stage);
+		kv_engine_prefetch(e, big, sizeof big, stage);
+	}
+	assert_int_equal(kv_engine_stats(e, &st1), 0);
+	assert_int_equal(st0.keys, st1.keys);
+	assert_int_equal(st0.disk_bytes, st1.disk_bytes);
+	assert_int_equal(st0.gets, st1.gets);
+	assert_int_equal(st0.segments, st1.segments);
+	kv_stats_free(&st0);
+	kv_stats_free(&st1);
+	assert_string_equal(get_s(e, "key123", &b), "value-123-00000000000000000000000000000123");
+	assert_string_equal(get_s(e, "tail", &b), "in the tail buffer");
+	assert_null(get_s(e, "key007", &b));
+	assert_null(get_s(e, "absent", &b));
 	kv_engine_close(e);
 	kv_buf_free(&b);
 	kvt_rmrf(dir);
@@ -465,7 +503,7 @@ static void test_torn_tail_every_offset_and_bit(void **state)
 	int cases = 0;
 	/* truncate the last record at every byte offset */
 	for (size_t cut = last_off; cut < len; cut++) {
-		copy_dir(base, work);
+		assert_int_equal(kvt_copy_dir(base, work), 0);
 		assert_int_equal(truncate(wseg, (off_t)cut), 0);
 		check_torn(work, 0);
 		if (cut > last_off)
@@ -475,7 +513,7 @@ static void test_torn_tail_every_offset_and_bit(void **state)
 	/* flip every bit of the last record */
 	for (size_t byte = last_off; byte < len; byte++) {
 		for (int bit = 0; bit < 8; bit++) {
-			copy_dir(base, work);
+			assert_int_equal(kvt_copy_dir(base, work), 0);
 			orig[byte] ^= (uint8_t)(1u << bit);
 			write_file(wseg, orig, olen);
 			orig[byte] ^= (uint8_t)(1u << bit);
@@ -486,7 +524,7 @@ static void test_torn_tail_every_offset_and_bit(void **state)
 	/* zeros, then garbage, appended after a whole last record */
 	uint8_t junk[300];
 	for (int kind = 0; kind < 2; kind++) {
-		copy_dir(base, work);
+		assert_int_equal(kvt_copy_dir(base, work), 0);
 		for (size_t i = 0; i < sizeof junk; i++)
 			junk[i] = kind ? (uint8_t)(i * 131 + 7) : 0;
 		FILE *f = fopen(wseg, "ab");
@@ -531,7 +569,7 @@ static void test_batch_atomic_every_offset(void **state)
 	snprintf(wseg, sizeof wseg, "%s/%s", work, strrchr(seg, '/') + 1);
 	int all = 0, none = 0;
 	for (size_t cut = batch_start; cut <= len; cut++) {
-		copy_dir(base, work);
+		assert_int_equal(kvt_copy_dir(base, work), 0);
 		assert_int_equal(truncate(wseg, (off_t)cut), 0);
 		e = open_eng(work, 0);
 		const char *b1 = get_s(e, "b1", &b);
@@ -1030,6 +1068,7 @@ int main(void)
 		cmocka_unit_test(test_keydir_frozen_no_resize),
 		cmocka_unit_test(test_basic_and_reopen),
 		cmocka_unit_test(test_binary_and_limits),
+		cmocka_unit_test(test_prefetch_reads_only),
 		cmocka_unit_test(test_ttl),
 		cmocka_unit_test(test_lock_and_version),
 		cmocka_unit_test(test_torn_tail_every_offset_and_bit),

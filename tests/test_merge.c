@@ -346,14 +346,6 @@ static void test_scan_during_merge(void **state)
 	free(dir);
 }
 
-static void copy_dir(const char *from, const char *to)
-{
-	char cmd[PATH_MAX * 2 + 32];
-	kvt_rmrf(to);
-	snprintf(cmd, sizeof cmd, "cp -a '%s' '%s'", from, to);
-	assert_int_equal(system(cmd), 0);
-}
-
 static uint64_t expected_live_bytes(void)
 {
 	uint64_t total = 0;
@@ -397,7 +389,7 @@ static void test_worker_killed_at_every_point(void **state)
 	for (point = 1; point <= 200 && !completed; point++) {
 		M = saved;
 		fake_now = saved_now;
-		copy_dir(base, work);
+		assert_int_equal(kvt_copy_dir(base, work), 0);
 		e = open_eng(work);
 		char num[16];
 		snprintf(num, sizeof num, "%d", point);
@@ -450,7 +442,7 @@ static void test_kvd_killed_mid_merge(void **state)
 	snprintf(work, sizeof work, "%s.work", base);
 	for (int n = 0; n < 12; n++) {
 		M = saved;
-		copy_dir(base, work);
+		assert_int_equal(kvt_copy_dir(base, work), 0);
 		int pfd[2];
 		assert_int_equal(pipe(pfd), 0);
 		pid_t pid = fork();
