@@ -861,6 +861,14 @@ static int cmd_help(struct kvctl *k, const struct cmd *cmd, struct karg *pos, in
 	return check_stdout();
 }
 
+/* bench parses its own options: kvctl_run hands it the raw words. */
+static int cmd_bench(struct kvctl *k, const struct cmd *cmd, struct karg *pos, int npos,
+		     const struct copts *o)
+{
+	(void)k, (void)cmd, (void)pos, (void)npos, (void)o;
+	return KX_USAGE; /* not reached */
+}
+
 static const struct cmd cmds[] = {
 	{ "ping", 0, 0, 0, cmd_ping, "", "check that kvd answers" },
 	{ "get", 1, 1, 0, cmd_get, "KEY", "print the value of KEY (raw bytes)" },
@@ -874,6 +882,8 @@ static const struct cmd cmds[] = {
 	{ "stats", 0, 0, O_JSON, cmd_stats, "[--json]", "server statistics" },
 	{ "merge", 0, 0, O_WAIT, cmd_merge, "[--wait]", "compact the data files" },
 	{ "sync", 0, 0, 0, cmd_sync, "", "make acknowledged writes durable" },
+	{ "bench", 0, 0, 0, cmd_bench, "[-c N] [-P N] [-n N] [-t LIST] ...",
+	  "load test kvd ('kvctl bench --help')" },
 	{ "help", 0, 0, 0, cmd_help, "", "this text" },
 };
 
@@ -914,6 +924,8 @@ int kvctl_run(struct kvctl *k, struct karg *args, int nargs)
 	const struct cmd *cmd = find_cmd(&args[0]);
 	if (!cmd)
 		return usage_err(k, NULL, "unknown command '%s'", show(&args[0]));
+	if (cmd->fn == cmd_bench)
+		return kvctl_bench(k, args + 1, nargs - 1);
 	int rc = parse_cmd(k, cmd, args, nargs, pos, &npos, &o);
 	if (rc)
 		return rc;

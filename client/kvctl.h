@@ -4,7 +4,9 @@
  *                  the output formats;
  *   kvctl_lines.c  everything line-oriented: the stdin line reader, the
  *                  tokenizer of command lines, pipe mode (pipelined bulk
- *                  commands from stdin) and the interactive prompt.
+ *                  commands from stdin) and the interactive prompt;
+ *   kvctl_bench.c  `kvctl bench`, the load generator (its own options and
+ *                  connections; threads).
  * kvctl talks to kvd only through kvclient.h (tests/check_layering.sh).
  *
  * Invariants: k->c is NULL or a client owned by k (closed by main); a
@@ -74,6 +76,10 @@ void kvctl_put_bytes(const struct kvctl *k, FILE *f, const void *p, size_t n);
 void kvctl_put_line(FILE *f, const char *s);
 /* Exit code for a failed status on k->c. */
 int kvctl_exit_code(const struct kvctl *k, int status);
+
+/* kvctl_bench.c: `kvctl bench [OPTIONS]` (args after the word "bench").
+ * CLI mode only. Returns a KX_* code: KX_FAIL when any request failed. */
+int kvctl_bench(struct kvctl *k, struct karg *args, int nargs);
 
 /* kvctl_lines.c */
 /* Split line[0..len) into words, decoding quotes and escapes in place.

@@ -2,8 +2,9 @@
  * kv_engine.c — the storage engine: segments + keydir + recovery.
  *
  * Owns: the LOCK fd, the active segment's fd and tail buffer, the table of
- * segments (sealed ones mapped read-only on demand, at most
- * max_mapped_segments at a time), and the keydir.
+ * segments (sealed ones mapped read-only — at open, then on demand — at
+ * most max_mapped_segments at a time; kv_engine_tick() warms the mappings
+ * up a slice at a time, warm_step), and the keydir.
  *
  * Invariants (asserts refer to them by number):
  *  1. The keydir points at the newest committed record of every live key;
@@ -47,6 +48,7 @@
 #define WBUF_KEEP (8u << 20)     /* shrink an idle tail buffer above this */
 #define WRITEBACK_AT (8u << 20)  /* start writeback of the active segment every 8 MiB */
 #define HINT_SLICE (512u << 10)  /* segment bytes a hint job reads per tick */
+#define WARM_SLICE (1u << 20)    /* mapped data bytes warm_step() makes resident per tick */
 
 /* --- small helpers -------------------------------------------------------------------- */
 
@@ -195,6 +197,7 @@ void kv_eng_seg_unmap(kv_engine *e, struct seg *s)
 		munmap(s->map, s->maplen);
 		s->map = NULL;
 		s->maplen = 0;
+		s->warmed = 0;
 		e->nmapped--;
 	}
 }
@@ -306,6 +309,38 @@ int kv_engine_get(kv_engine *e, const void *key, size_t klen, struct kv_buf *out
 	if (expires_at)
 		*expires_at = loc.expiry;
 	return 0;
+}
+
+void kv_engine_prefetch(kv_engine *e, const void *key, size_t klen, int stage)
+{
+	struct kv_loc loc;
+	if (check_key(klen))
+		return;
+	if (stage == 0) {
+		kv_keydir_prefetch(e->kd, key, klen);
+		return;
+	}
+	if (stage == 1) {
+		kv_keydir_prefetch_entry(e->kd, key, klen);
+		return;
+	}
+	if (!kv_keydir_get(e->kd, key, klen, &loc))
+		return;
+	/* where read_record() will look, without mapping anything */
+	const struct seg *s = kv_eng_seg_find(e, loc.seg);
+	const uint8_t *p = NULL;
+	if (!s)
+		return;
+	if (s->active && loc.off >= e->wbuf_off)
+		p = e->wbuf + (loc.off - e->wbuf_off);
+	else if (s->active && e->amap && (uint64_t)loc.off + loc.size <= e->amaplen)
+		p = e->amap + loc.off;
+	else if (!s->active && s->map && (uint64_t)loc.off + loc.size <= s->maplen)
+		p = s->map + loc.off;
+	if (!p)
+		return;
+	for (uint32_t o = 0; o < loc.size && o < 256; o += 64) /* header, key, some value */
+		__builtin_prefetch(p + o);
 }
 
 /* --- writing --------------------------------------------------------------------------------- */
@@ -458,6 +493,7 @@ static int open_active(kv_engine *e, uint32_t id)
 	e->active = s;
 	e->active_fd = fd;
 	e->wbuf_off = KV_SEG_HDR;
+	e->awarmed = 0;
 	e->range_synced = 0;
 	e->wlen = 0;
 	/* Reads of flushed records go through a shared read-only mapping of
@@ -932,11 +968,62 @@ static int hint_step(kv_engine *e, size_t budget)
 	return 1;
 }
 
+/* Make the pages of [from, to) of a read-only mapping (page aligned, at
+ * most WARM_SLICE) resident in our page tables, if they are in the page
+ * cache: never read from disk for it. A read's first touch of a mapped page
+ * costs a page fault (and, under a hypervisor with shadow paging, a trap to
+ * the host) that can cost far more than the read itself: doing it here, a
+ * slice per tick, keeps it off the requests. */
+static void warm_range(const uint8_t *map, size_t from, size_t to)
+{
+	unsigned char vec[WARM_SLICE / 4096];
+	size_t pages = (to - from + 4095) / 4096;
+	if (to <= from || pages > sizeof vec || mincore((void *)(map + from), to - from, vec) != 0)
+		return;
+	size_t resident = 0;
+	for (size_t i = 0; i < pages; i++)
+		resident += vec[i] & 1;
+#ifdef MADV_POPULATE_READ
+	if (resident == pages) /* page tables filled in one call */
+		(void)madvise((void *)(map + from), to - from, MADV_POPULATE_READ);
+#endif
+	volatile uint8_t sink = 0;
+	for (size_t i = 0; i < pages; i++)
+		if (vec[i] & 1)
+			sink ^= map[from + i * 4096];
+	(void)sink;
+}
+
+/* Warm-up of the mapped data, newest first: sealed segments (mapped at
+ * open, or on demand later), then what the active segment has flushed.
+ * At most budget bytes. Returns 1 while more remains. */
+static int warm_step(kv_engine *e, size_t budget)
+{
+	for (size_t i = e->nsegs; i-- > 0;) {
+		struct seg *s = e->segs[i];
+		if (s->active || !s->map || s->warmed >= s->maplen)
+			continue;
+		size_t to = s->maplen - s->warmed > budget ? s->warmed + budget : s->maplen;
+		warm_range(s->map, s->warmed, to);
+		s->warmed = to;
+		return 1;
+	}
+	uint64_t end = e->wbuf_off & ~(uint64_t)4095; /* whole pages in the file */
+	if (e->amap && e->awarmed < end && end <= e->amaplen) {
+		uint64_t to = end - e->awarmed > budget ? e->awarmed + budget : end;
+		warm_range(e->amap, (size_t)e->awarmed, (size_t)to);
+		e->awarmed = to;
+		return e->awarmed < end;
+	}
+	return 0;
+}
+
 int kv_engine_tick(kv_engine *e)
 {
 	int more = kv_keydir_step(e->kd, 4096);
 	more |= hint_step(e, HINT_SLICE);
-	return kv_engine_merge_step(e, 4096) > 0 || more;
+	more |= warm_step(e, WARM_SLICE);
+	return kv_engine_merge_step(e, 512) > 0 || more;
 }
 
 /* --- recovery ---------------------------------------------------------------------------------------- */
@@ -982,6 +1069,8 @@ static int replay_hint(void *arg, const struct kv_hint_ent *h)
 	struct replay_ctx *c = arg;
 	if ((uint64_t)h->off + h->size > c->s->size || h->off < KV_SEG_HDR)
 		return KV_ECORRUPT;
+	if (h->next_key)
+		kv_keydir_prefetch(c->e->kd, h->next_key, h->next_klen);
 	return replay(c->e, c->s, h->flags & KV_HF_TOMBSTONE, h->key, h->klen, h->off, h->size,
 		      h->expiry, h->seq);
 }
@@ -1352,7 +1441,9 @@ int kv_engine_open(const char *dir, const struct kv_options *opt, kv_engine **ou
 			goto out;
 		}
 	}
-	/* size the keydir once from the hint files' entry counts */
+	/* size the keydir once from the hint files' entry counts, pre-faulted
+	 * while loading (page faults are a large part of a start) */
+	kv_keydir_populate(e->kd, 1);
 	kv_keydir_reserve(e->kd, hint_entries(e));
 	/* replay in id order (invariant 1) */
 	for (size_t i = 0; i < e->nsegs;) {
@@ -1366,9 +1457,9 @@ int kv_engine_open(const char *dir, const struct kv_options *opt, kv_engine **ou
 		else
 			i++;
 	}
-	/* keep memory low: sealed segments are mapped again on demand */
-	for (size_t i = 0; i < e->nsegs; i++)
-		kv_eng_seg_unmap(e, e->segs[i]);
+	kv_keydir_populate(e->kd, 0);
+	/* Sealed segments stay mapped (at most max_mapped_segments, the
+	 * newest): kv_engine_tick() warms them up (warm_step). */
 	uint32_t next = e->nsegs ? e->segs[e->nsegs - 1]->id + 1 : 1;
 	if ((rc = open_active(e, next)) != 0) { /* invariant 3 */
 		seterr(err, errlen, "cannot create segment %u in %s: %s", next, dir, kv_strerror(rc));
@@ -1400,6 +1491,14 @@ int kv_engine_close(kv_engine *e)
 		return 0;
 	kv_merge_abandon(e);
 	int rc = e->failed ? 0 : kv_engine_sync(e);
+	/* hint_on_close: the active segment is complete and durable now, and
+	 * the next open seals it (invariant 3): give it its hint file too, so
+	 * the next start reads hints instead of scanning it. */
+	if (e->opt.hint_on_close && rc == 0 && !e->failed && e->active &&
+	    e->active->size > KV_SEG_HDR) {
+		e->active->active = 0;
+		e->active->hint_wanted = 1;
+	}
 	while (hint_step(e, SIZE_MAX)) /* finish the hint files: a fast next start */
 		;
 	free_engine(e);

@@ -54,6 +54,11 @@ struct kv_options {
 	int repair;                  /* 1: drop corrupt records of sealed segments
 	                                (logged) instead of refusing to open */
 	unsigned max_mapped_segments; /* cache of mmap'ed sealed segments; default 256 */
+	int hint_on_close;           /* 1: a clean close also writes the hint file
+	                                of the active segment, so the next open
+	                                loads hints instead of scanning it (kvd);
+	                                default 0: the next open scans it and cuts
+	                                a damaged tail */
 	/* Clock in unix seconds for TTLs; NULL = time(). */
 	uint64_t (*clock)(void *arg);
 	void *clock_arg;
@@ -99,6 +104,16 @@ void kv_buf_free(struct kv_buf *b);
  */
 int kv_engine_get(kv_engine *e, const void *key, size_t klen, struct kv_buf *out,
 		  uint64_t *expires_at);
+
+/*
+ * A hint that key will be looked up soon (a Get, Put or Delete further down
+ * a pipelined batch): start loading what the lookup touches, so the misses
+ * of many keys overlap instead of following one another. Three steps, each
+ * expecting the previous one done for the same key a little earlier:
+ * stage 0 the keydir bucket, 1 the keydir entry, 2 (reads) the record. Only
+ * reads memory: changes nothing, never fails, maps nothing.
+ */
+void kv_engine_prefetch(kv_engine *e, const void *key, size_t klen, int stage);
 
 /* ttl_seconds 0 = no expiry. Buffers are borrowed for the call only. */
 int kv_engine_put(kv_engine *e, const void *key, size_t klen, const void *val, size_t vlen,
@@ -223,8 +238,9 @@ void kv_engine_merge_info(const kv_engine *e, struct kv_merge_info *mi);
  * bytes (0..1) or at least min_dead_bytes dead bytes. */
 int kv_engine_merge_wanted(const kv_engine *e, double min_dead_ratio, uint64_t min_dead_bytes);
 
-/* Bounded background work (incremental keydir rehash); call from an idle
- * timer. Returns non-zero while more work remains. */
+/* Bounded background work (incremental keydir rehash, hint files, merge
+ * steps, warming the data mappings up: see kv_engine.c); call from a timer.
+ * Returns non-zero while more work remains. */
 int kv_engine_tick(kv_engine *e);
 
 #endif /* KV_ENGINE_H */

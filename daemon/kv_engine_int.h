@@ -24,6 +24,7 @@ struct seg {
 	uint8_t *map;  /* sealed: whole file mapped read-only, or NULL */
 	size_t maplen;
 	uint64_t lru;
+	size_t warmed; /* bytes of map made resident by warm_step() */
 };
 
 struct kv_engine {
@@ -57,6 +58,7 @@ struct kv_engine {
 	uint64_t n_syncs, n_puts, n_dels, n_gets, n_batches;
 
 	uint64_t range_synced; /* active segment: writeback started up to here */
+	uint64_t awarmed;      /* active segment: amap made resident up to here */
 
 	/* the hint job: builds the hint file of a freshly sealed segment in
 	 * slices from kv_engine_tick(), so sealing never stalls clients */

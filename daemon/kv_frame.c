@@ -8,6 +8,7 @@
 
 static uint8_t payload_tag[10]; /* varint of (field number << 3) | 2 */
 static size_t payload_tag_len;
+static uint32_t method_field, payload_field; /* of kv.Envelope (kv_frame_peek_key) */
 
 static size_t varint_len(uint64_t v)
 {
@@ -39,6 +40,26 @@ int kv_frame_init(char *err, size_t errlen)
 		return -1;
 	}
 	payload_tag_len = varint_put(payload_tag, ((uint64_t)fd->id << 3) | 2u);
+	payload_field = fd->id;
+	const ProtobufCFieldDescriptor *md =
+		protobuf_c_message_descriptor_get_field_by_name(&kv__envelope__descriptor, "method");
+	if (!md || md->type != PROTOBUF_C_TYPE_STRING) {
+		snprintf(err, errlen, "kv.Envelope has no 'string method' field");
+		return -1;
+	}
+	method_field = md->id;
+	/* kv_frame_peek_key reads the key as field 1 of these requests */
+	const ProtobufCMessageDescriptor *reqs[] = { &kv__get_request__descriptor,
+						     &kv__put_request__descriptor,
+						     &kv__delete_request__descriptor };
+	for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
+		const ProtobufCFieldDescriptor *k =
+			protobuf_c_message_descriptor_get_field_by_name(reqs[i], "key");
+		if (!k || k->id != 1 || k->type != PROTOBUF_C_TYPE_BYTES) {
+			snprintf(err, errlen, "%s has no 'bytes key = 1' field", reqs[i]->name);
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -55,6 +76,72 @@ int kv_frame_peek(struct evbuffer *in, uint32_t *body_len)
 	if (n > KV_FRAME_MAX)
 		return KV_FRAME_TOO_BIG;
 	return have - 4 >= n ? KV_FRAME_READY : KV_FRAME_NEED_MORE;
+}
+
+/* Read a varint at *p (below end). 0, or -1 when malformed. */
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	uint64_t x = 0;
+	for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+		uint8_t b = *(*p)++;
+		x |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			*v = x;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* Find length-delimited field `field` in a message: 1 (*val, *vlen) or 0. */
+static int find_bytes(const uint8_t *p, const uint8_t *end, uint64_t field, const uint8_t **val,
+		      size_t *vlen)
+{
+	while (p < end) {
+		uint64_t tag, n;
+		if (get_varint(&p, end, &tag) < 0)
+			return 0;
+		switch (tag & 7) {
+		case 0:
+			if (get_varint(&p, end, &n) < 0)
+				return 0;
+			break;
+		case 1:
+			if (end - p < 8)
+				return 0;
+			p += 8;
+			break;
+		case 5:
+			if (end - p < 4)
+				return 0;
+			p += 4;
+			break;
+		case 2:
+			if (get_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p))
+				return 0;
+			if ((tag >> 3) == field) {
+				*val = p;
+				*vlen = (size_t)n;
+				return 1;
+			}
+			p += n;
+			break;
+		default:
+			return 0;
+		}
+	}
+	return 0;
+}
+
+int kv_frame_peek_key(const uint8_t *body, size_t len, const uint8_t **method, size_t *mlen,
+		      const uint8_t **key, size_t *klen)
+{
+	const uint8_t *end = body + len, *payload;
+	size_t plen;
+	if (!find_bytes(body, end, method_field, method, mlen) ||
+	    !find_bytes(body, end, payload_field, &payload, &plen))
+		return 0;
+	return find_bytes(payload, payload + plen, 1, key, klen);
 }
 
 Kv__Envelope *kv_frame_take(struct evbuffer *in, uint32_t body_len, ProtobufCAllocator *alloc)

@@ -49,6 +49,15 @@ int kv_frame_peek(struct evbuffer *in, uint32_t *body_len);
  * it is malformed or allocation failed; the frame is consumed either way. */
 Kv__Envelope *kv_frame_take(struct evbuffer *in, uint32_t body_len, ProtobufCAllocator *alloc);
 
+/* For prefetching ahead of a pipelined batch: the method name and the key
+ * (field 1 of the request: Get, Put, Delete) of a request frame body,
+ * found by walking the Envelope's fields without unpacking or allocating.
+ * Returns 1 with *method and *mlen (not NUL-terminated), *key and *klen
+ * pointing into body, 0 when there is no such key or the bytes are not
+ * well-formed (the real unpack decides what to answer). */
+int kv_frame_peek_key(const uint8_t *body, size_t len, const uint8_t **method, size_t *mlen,
+		      const uint8_t **key, size_t *klen);
+
 /* One reply frame. method and message may be NULL (empty); payload may be
  * NULL (no payload). All borrowed for the call. */
 struct kv_reply {

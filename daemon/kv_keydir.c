@@ -43,6 +43,7 @@ struct kv_keydir {
 	int resizing;
 	size_t rehash_idx; /* next bucket of t[0] to move */
 	int frozen;
+	int populate; /* kv_keydir_populate(): map new memory pre-faulted */
 	uint8_t *blocks[MAX_BLOCKS];
 	uint32_t nblocks;
 	uint32_t bump; /* next free unit in the last block */
@@ -163,7 +164,8 @@ static uint32_t arena_alloc(kv_keydir *kd, uint32_t units)
 		if (kd->nblocks == MAX_BLOCKS)
 			return 0;
 		void *blk = mmap(NULL, BLOCK_BYTES, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				 MAP_PRIVATE | MAP_ANONYMOUS | (kd->populate ? MAP_POPULATE : 0),
+				 -1, 0);
 		if (blk == MAP_FAILED)
 			return 0;
 		if (kd->nblocks) { /* the tail of the previous block is wasted */
@@ -192,10 +194,10 @@ static void arena_free(kv_keydir *kd, uint32_t ref)
 
 /* --- tables ------------------------------------------------------------------------- */
 
-static int table_init(struct table *t, size_t nb)
+static int table_init(struct table *t, size_t nb, int populate)
 {
 	void *m = mmap(NULL, nb * sizeof(struct bucket), PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		       MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
 	if (m == MAP_FAILED)
 		return -ENOMEM;
 	t->b = m;
@@ -307,7 +309,7 @@ static int start_resize(kv_keydir *kd)
 		nb <<= 1;
 	if (nb < 16)
 		nb = 16;
-	int rc = table_init(&kd->t[1], nb);
+	int rc = table_init(&kd->t[1], nb, 0);
 	if (rc)
 		return rc;
 	kd->resizing = 1;
@@ -391,7 +393,7 @@ kv_keydir *kv_keydir_new(void)
 	if (!kd)
 		return NULL;
 	kd->freelist = calloc(MAX_UNITS + 1, sizeof *kd->freelist);
-	if (!kd->freelist || table_init(&kd->t[0], 16) != 0) {
+	if (!kd->freelist || table_init(&kd->t[0], 16, 0) != 0) {
 		free(kd->freelist);
 		free(kd);
 		return NULL;
@@ -547,17 +549,35 @@ int kv_keydir_reserve(kv_keydir *kd, size_t n)
 	if (nb <= kd->t[0].nb)
 		return 0;
 	struct table t;
-	if (table_init(&t, nb))
+	if (table_init(&t, nb, kd->populate))
 		return -ENOMEM;
 	table_free(&kd->t[0]);
 	kd->t[0] = t;
 	return 0;
 }
 
+void kv_keydir_populate(kv_keydir *kd, int on)
+{
+	kd->populate = on;
+}
+
 void kv_keydir_prefetch(const kv_keydir *kd, const void *key, size_t klen)
 {
 	const struct table *t = &kd->t[kd->resizing ? 1 : 0];
 	__builtin_prefetch(&t->b[kv_hash(key, klen) & (t->nb - 1)]);
+}
+
+void kv_keydir_prefetch_entry(const kv_keydir *kd, const void *key, size_t klen)
+{
+	uint64_t h = kv_hash(key, klen);
+	uint8_t tag = tag_of(h);
+	for (int ti = 0; ti <= (kd->resizing ? 1 : 0); ti++) {
+		const struct table *t = &kd->t[ti];
+		const struct bucket *b = &t->b[h & (t->nb - 1)];
+		for (int j = 0; j < SLOTS; j++)
+			if (b->ref[j] > REF_DELETED && b->tag[j] == tag)
+				__builtin_prefetch(ent_ptr(kd, b->ref[j]));
+	}
 }
 
 void kv_keydir_freeze(kv_keydir *kd, int frozen)

@@ -71,6 +71,11 @@ void kv_keydir_freeze(kv_keydir *kd, int frozen);
  * from hint files), so loading does not resize. 0 or -ENOMEM; a keydir
  * that is not empty is left as it is. */
 int kv_keydir_reserve(kv_keydir *kd, size_t n);
+/* While on, memory the keydir maps (the table kv_keydir_reserve() sizes,
+ * new entry blocks) is pre-faulted in one call (MAP_POPULATE) instead of a
+ * page fault per 4 KiB: for bulk loads at open, which fill it at once.
+ * Off (the default) while serving, where it would stall one request. */
+void kv_keydir_populate(kv_keydir *kd, int on);
 /* Move up to n buckets of a running resize. Returns 1 while resizing. */
 int kv_keydir_step(kv_keydir *kd, unsigned n);
 
@@ -89,6 +94,9 @@ void kv_keydir_stats(const kv_keydir *kd, struct kv_keydir_stats *st);
 /* Start loading the cache line where key would be looked up (bulk loads
  * prefetch the next key while inserting the current one). */
 void kv_keydir_prefetch(const kv_keydir *kd, const void *key, size_t klen);
+/* The next step: read key's home bucket (prefetched before) and start
+ * loading the entries whose hash tag matches. Reads only. */
+void kv_keydir_prefetch_entry(const kv_keydir *kd, const void *key, size_t klen);
 
 /* The hash used by the keydir (seeded per process). */
 uint64_t kv_hash(const void *key, size_t klen);

@@ -8,8 +8,12 @@
  * arena and the value buffer that kv_rpc uses. The engine is borrowed.
  *
  * ONE PASS OF THE LOOP (kv_server_run)
- *   1. event_base_loop(EVLOOP_ONCE): read callbacks execute every complete
- *      frame they have (conn_pump). A write (Put, Delete, Batch) appends to
+ *   1. loop_once(): event_base_loop(EVLOOP_ONCE), whose read callbacks
+ *      only read (one read() into the loop's scratch buffer, copied to
+ *      conn->in) and list the connection as ready; then pump_ready()
+ *      prefetches the keys of the ready connections' head frames (see
+ *      PREFETCHING) and executes every complete frame they have
+ *      (conn_pump). A write (Put, Delete, Batch) appends to
  *      the engine's tail buffer; its reply, and every later reply of that
  *      connection, goes to conn->held. Other replies go to conn->out.
  *      When an fdatasync is due, gather() runs up to GATHER_PASSES more
@@ -72,7 +76,7 @@
  *     (<= KV_FRAME_MAX) plus one read; frames are executed only while
  *     out+held < OUT_HIGH, so out+held stays below OUT_HIGH + one reply,
  *     and OUT_CAP is a last-resort check of that.
- *  4. A connection in a work vector (hold, dirty, dead) stays allocated
+ *  4. A connection in a work vector (hold, dirty, dead, ready) stays allocated
  *     until that vector has been processed: reap() skips it otherwise.
  *  5. Every work vector has room for every connection struct (ensured at
  *     accept), so pushing to one never allocates or fails.
@@ -119,6 +123,7 @@
 #define HELD_RECS_KEEP 4096
 #define VAL_KEEP (1024u * 1024u)          /* value buffer kept across requests */
 #define MWAIT_IN_CAP (256u * 1024u)       /* input read while a Merge waits */
+#define PREFETCH_MAX 32                   /* frames looked ahead (conn_prefetch) */
 
 struct held_rec {
 	uint64_t id;
@@ -143,11 +148,12 @@ struct kv_conn {
 	uint64_t scan_id;
 	uint64_t mwait;    /* kv_jobs ticket a Merge waits for; 0 = none */
 	uint64_t mwait_id; /* that request's id */
+	unsigned ahead;       /* frames at the head of in already prefetched */
 	uint64_t frame_since; /* ms: when the unfinished head frame began; 0 = none */
 	uint64_t stall_since; /* ms: output waiting without progress since; 0 = none */
 	unsigned reading : 1, writing : 1; /* rev / wev added */
 	unsigned eof : 1, paused : 1, holding : 1, wblocked : 1;
-	unsigned in_hold : 1, in_dirty : 1;
+	unsigned in_hold : 1, in_dirty : 1, in_ready : 1;
 };
 
 struct conn_vec {
@@ -172,10 +178,11 @@ struct kv_server {
 	struct kv_buf val;
 	struct kv_rpc_counters ctr;
 	struct kv_rpc_ctx rpc;
+	unsigned char rbuf[READ_CHUNK]; /* conn_read's scratch buffer */
 	char sync_mode_str[32];
 	struct conn_list conns;
 	size_t nstructs; /* connection structs allocated (open + dead) */
-	struct conn_vec hold, hold_spare, dirty, dirty_spare, dead, dead_spare;
+	struct conn_vec hold, hold_spare, dirty, dirty_spare, dead, dead_spare, ready, ready_spare;
 	int commit_needed;   /* something is held */
 	int sync_wanted;     /* a held request asked for fdatasync */
 	uint64_t unsynced_writes;
@@ -260,8 +267,8 @@ static int vec_reserve(struct conn_vec *cv, size_t n)
 
 static int vecs_reserve(struct kv_server *s, size_t n)
 {
-	struct conn_vec *all[] = { &s->hold, &s->hold_spare, &s->dirty,
-				   &s->dirty_spare, &s->dead, &s->dead_spare };
+	struct conn_vec *all[] = { &s->hold,  &s->hold_spare, &s->dirty, &s->dirty_spare,
+				   &s->dead,  &s->dead_spare, &s->ready, &s->ready_spare };
 	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
 		if (vec_reserve(all[i], n) < 0)
 			return -1;
@@ -574,6 +581,75 @@ static void conn_after_pump(struct kv_conn *c)
 	conn_update_events(c);
 }
 
+/*
+ * PREFETCHING. A 1M-key store is far larger than the caches: a Get costs
+ * three dependent cache misses (keydir bucket, keydir entry, record), a Put
+ * or Delete two. Before executing a batch of frames — the pipelined frames
+ * of one connection (conn_pump), or the head frames of every connection
+ * that became readable in one pass (pump_ready) — the keys are found in the
+ * raw frames and the engine prefetches each stage for a window of keys
+ * ahead (kv_engine_prefetch), so the misses of a batch overlap instead of
+ * following one another. Reads only; the frames then execute as usual, in
+ * order. c->ahead counts the frames at the head of c->in already covered.
+ */
+struct pf_key {
+	const uint8_t *key;
+	size_t klen;
+	int get;
+};
+
+#define PF_WINDOW 8 /* keys between two stages of the pipeline */
+
+/* Collect the keys of up to max complete frames at the head of c->in (its
+ * first contiguous piece); sets c->ahead. Returns the keys found. */
+static unsigned pf_collect(struct kv_conn *c, struct pf_key *k, unsigned max)
+{
+	struct evbuffer_iovec v;
+	unsigned frames = 0, n = 0;
+	c->ahead = 1;
+	if (evbuffer_peek(c->in, -1, NULL, &v, 1) < 1)
+		return 0;
+	const uint8_t *p = v.iov_base, *end = p + v.iov_len;
+	while (n < max && end - p >= 4) {
+		uint32_t blen = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+		if (blen > (size_t)(end - p) - 4)
+			break;
+		const uint8_t *m;
+		size_t mlen;
+		if (kv_frame_peek_key(p + 4, blen, &m, &mlen, &k[n].key, &k[n].klen)) {
+			k[n].get = mlen == 3 && memcmp(m, "Get", 3) == 0;
+			n++;
+		}
+		frames++;
+		p += 4 + (size_t)blen;
+	}
+	if (frames)
+		c->ahead = frames;
+	return n;
+}
+
+/* The three prefetch stages over k[0..n), PF_WINDOW keys apart. */
+static void pf_run(kv_engine *e, const struct pf_key *k, unsigned n)
+{
+	if (n < 2)
+		return; /* nothing to overlap */
+	for (unsigned i = 0; i < n + 2 * PF_WINDOW; i++) {
+		if (i < n)
+			kv_engine_prefetch(e, k[i].key, k[i].klen, 0);
+		if (i >= PF_WINDOW && i - PF_WINDOW < n)
+			kv_engine_prefetch(e, k[i - PF_WINDOW].key, k[i - PF_WINDOW].klen, 1);
+		if (i >= 2 * PF_WINDOW && k[i - 2 * PF_WINDOW].get)
+			kv_engine_prefetch(e, k[i - 2 * PF_WINDOW].key, k[i - 2 * PF_WINDOW].klen, 2);
+	}
+}
+
+/* The pipelined frames of one connection. */
+static void conn_prefetch(struct kv_conn *c)
+{
+	struct pf_key k[PREFETCH_MAX];
+	pf_run(c->srv->engine, k, pf_collect(c, k, PREFETCH_MAX));
+}
+
 /* Execute what can be executed: the Scan in progress, then every complete
  * frame, while the output is below OUT_HIGH. */
 static void conn_pump(struct kv_conn *c)
@@ -605,6 +681,9 @@ static void conn_pump(struct kv_conn *c)
 				   KV_FRAME_MAX);
 			break;
 		}
+		if (c->ahead == 0)
+			conn_prefetch(c);
+		c->ahead--;
 		conn_exec_frame(c, blen);
 	}
 	conn_after_pump(c);
@@ -614,6 +693,7 @@ static void conn_pump(struct kv_conn *c)
  * Returns 1 when bytes arrived, 0 when nothing did, -1 when c died. */
 static int conn_read(struct kv_conn *c)
 {
+	struct kv_server *s = c->srv;
 	size_t got = 0;
 	while (got < READ_MAX) {
 		size_t want = READ_CHUNK;
@@ -625,20 +705,38 @@ static int conn_read(struct kv_conn *c)
 				want = missing < READ_MAX ? missing : READ_MAX;
 		}
 		struct evbuffer_iovec v[2];
-		int nv = evbuffer_reserve_space(c->in, (ev_ssize_t)want, v, 2);
-		if (nv < 1) {
-			conn_kill(c, KV_LOG_WARN, "out of memory reading a request");
-			return -1;
-		}
 		struct iovec iov[2];
-		for (int i = 0; i < nv; i++) {
-			iov[i].iov_base = v[i].iov_base;
-			iov[i].iov_len = v[i].iov_len;
-		}
+		int nv = 0;
+		size_t asked;
 		ssize_t k;
-		do
-			k = readv(c->fd, iov, nv);
-		while (k < 0 && errno == EINTR);
+		if (want <= READ_CHUNK) {
+			/* Small frames, the usual case: read into the loop's scratch
+			 * buffer and copy what came, so no connection holds a 64 KiB
+			 * block (pump_ready runs after every read of the pass). */
+			asked = sizeof s->rbuf;
+			do
+				k = read(c->fd, s->rbuf, asked);
+			while (k < 0 && errno == EINTR);
+			if (k > 0 && evbuffer_add(c->in, s->rbuf, (size_t)k) != 0) {
+				conn_kill(c, KV_LOG_WARN, "out of memory reading a request");
+				return -1;
+			}
+		} else {
+			/* The rest of a large frame goes straight into its buffer. */
+			nv = evbuffer_reserve_space(c->in, (ev_ssize_t)want, v, 2);
+			if (nv < 1) {
+				conn_kill(c, KV_LOG_WARN, "out of memory reading a request");
+				return -1;
+			}
+			for (int i = 0; i < nv; i++) {
+				iov[i].iov_base = v[i].iov_base;
+				iov[i].iov_len = v[i].iov_len;
+			}
+			asked = iov[0].iov_len + (nv > 1 ? iov[1].iov_len : 0);
+			do
+				k = readv(c->fd, iov, nv);
+			while (k < 0 && errno == EINTR);
+		}
 		if (k < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				break;
@@ -650,19 +748,20 @@ static int conn_read(struct kv_conn *c)
 			c->eof = 1;
 			break;
 		}
-		size_t left = (size_t)k;
-		int used = 0;
-		for (int i = 0; i < nv && left > 0; i++, used++) {
-			if (v[i].iov_len > left)
-				v[i].iov_len = left;
-			left -= v[i].iov_len;
-		}
-		if (evbuffer_commit_space(c->in, v, used) != 0) {
-			conn_kill(c, KV_LOG_WARN, "cannot commit read buffer");
-			return -1;
+		if (nv > 0) {
+			size_t left = (size_t)k;
+			int used = 0;
+			for (int i = 0; i < nv && left > 0; i++, used++) {
+				if (v[i].iov_len > left)
+					v[i].iov_len = left;
+				left -= v[i].iov_len;
+			}
+			if (evbuffer_commit_space(c->in, v, used) != 0) {
+				conn_kill(c, KV_LOG_WARN, "cannot commit read buffer");
+				return -1;
+			}
 		}
 		got += (size_t)k;
-		size_t asked = iov[0].iov_len + (nv > 1 ? iov[1].iov_len : 0);
 		if ((size_t)k < asked)
 			break; /* the socket is drained */
 	}
@@ -713,6 +812,8 @@ static void conn_flush(struct kv_conn *c)
 		conn_update_events(c);
 }
 
+/* Read, then leave the executing to pump_ready(), after every read
+ * callback of this pass (see PREFETCHING). */
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct kv_conn *c = arg;
@@ -722,7 +823,42 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	if (conn_read(c) < 0)
 		return;
-	conn_pump(c);
+	if (!c->in_ready) {
+		c->in_ready = 1;
+		vec_push(&c->srv->ready, c);
+	}
+}
+
+/* Execute what the connections read in this pass brought, prefetching the
+ * head frames of all of them first. */
+static void pump_ready(struct kv_server *s)
+{
+	struct pf_key k[PREFETCH_MAX * 2];
+	unsigned n = 0;
+	struct conn_vec work = s->ready;
+	s->ready = s->ready_spare;
+	for (size_t i = 0; i < work.n && n < PREFETCH_MAX * 2; i++) {
+		struct kv_conn *c = work.v[i];
+		if (c->state == CONN_OPEN && !c->scan && !c->paused && !c->mwait)
+			n += pf_collect(c, k + n, PREFETCH_MAX * 2 - n < 4 ? PREFETCH_MAX * 2 - n : 4);
+	}
+	pf_run(s->engine, k, n);
+	for (size_t i = 0; i < work.n; i++) {
+		struct kv_conn *c = work.v[i];
+		c->in_ready = 0;
+		conn_pump(c); /* may kill c: freed only by reap() */
+	}
+	work.n = 0;
+	s->ready_spare = work;
+}
+
+/* One pass of the event loop, then the frames it brought. */
+static int loop_once(struct kv_server *s, int flags)
+{
+	if (event_base_loop(s->base, flags) < 0)
+		return -1;
+	pump_ready(s);
+	return 0;
 }
 
 static void write_cb(evutil_socket_t fd, short what, void *arg)
@@ -959,7 +1095,7 @@ static void reap(struct kv_server *s)
 	s->dead = s->dead_spare;
 	for (size_t i = 0; i < work.n; i++) {
 		struct kv_conn *c = work.v[i];
-		if (c->in_hold || c->in_dirty)
+		if (c->in_hold || c->in_dirty || c->in_ready)
 			vec_push(&s->dead, c); /* invariant 4: next pass */
 		else
 			conn_free(c);
@@ -1273,7 +1409,7 @@ static int gather(struct kv_server *s)
 		return 0;
 	for (int i = 0; i < GATHER_PASSES; i++) {
 		uint64_t before = s->ctr.requests;
-		if (event_base_loop(s->base, EVLOOP_ONCE | EVLOOP_NONBLOCK) < 0)
+		if (loop_once(s, EVLOOP_ONCE | EVLOOP_NONBLOCK) < 0)
 			return -1;
 		if (s->ctr.requests == before)
 			break;
@@ -1290,7 +1426,7 @@ int kv_server_run(struct kv_server *s)
 		int flags = EVLOOP_ONCE;
 		if (s->commit_needed || s->dirty.n > 0)
 			flags |= EVLOOP_NONBLOCK;
-		if (event_base_loop(s->base, flags) < 0 || gather(s) < 0) {
+		if (loop_once(s, flags) < 0 || gather(s) < 0) {
 			kv_log_error("event loop failed");
 			rc = -EIO;
 			break;
@@ -1312,12 +1448,12 @@ int kv_server_run(struct kv_server *s)
 	TAILQ_FOREACH(c, &s->conns, link) {
 		if (c->state != CONN_DEAD)
 			left++;
-		c->in_hold = c->in_dirty = 0;
+		c->in_hold = c->in_dirty = c->in_ready = 0;
 		conn_kill(c, KV_LOG_DEBUG, "shutdown");
 	}
 	if (left)
 		kv_log_info("closed %zu connection(s) still open at the shutdown deadline", left);
-	s->hold.n = s->dirty.n = 0;
+	s->hold.n = s->dirty.n = s->ready.n = 0;
 	while (!TAILQ_EMPTY(&s->conns))
 		conn_free(TAILQ_FIRST(&s->conns));
 	s->dead.n = 0;
@@ -1353,5 +1489,7 @@ void kv_server_free(struct kv_server *s)
 	free(s->dirty_spare.v);
 	free(s->dead.v);
 	free(s->dead_spare.v);
+	free(s->ready.v);
+	free(s->ready_spare.v);
 	free(s);
 }

@@ -175,6 +175,7 @@ static int conf_init(struct conf *c)
 	memset(c, 0, sizeof *c);
 	kv_server_config_init(&c->srv);
 	kv_options_init(&c->opt);
+	c->opt.hint_on_close = 1; /* a clean stop leaves hints for every segment */
 	c->level = KV_LOG_INFO;
 	int rc = set_str(&c->data_dir, "/var/lib/kvd") | set_str(&c->socket, "/run/kvd/kvd.sock") |
 		 set_str(&c->allow_uids, "") | set_str(&c->allow_gids, "");

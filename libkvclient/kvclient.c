@@ -637,10 +637,13 @@ static int do_read(kvc_client *c)
 		}
 		if (buf_reserve(&c->in, want) < 0)
 			return die(c, KVC_ENOMEM, "out of memory reading a reply from kvd");
-		ssize_t n = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, MSG_DONTWAIT);
+		size_t space = c->in.cap - c->in.len;
+		ssize_t n = recv(c->fd, c->in.p + c->in.len, space, MSG_DONTWAIT);
 		if (n > 0) {
 			c->in.len += (size_t)n;
 			got += (size_t)n;
+			if ((size_t)n < space)
+				break; /* drained: skip the recv that would say EAGAIN */
 			continue;
 		}
 		if (n == 0) {
@@ -688,6 +691,13 @@ enum { WANT_FLUSH, WANT_FRAME };
 static int io_run(kvc_client *c, int64_t deadline, int want)
 {
 	int polled = 0;
+	/* The socket almost always takes a request at once: write before
+	 * polling (one send instead of poll + send). */
+	if (!c->closed && c->out.off < c->out.len) {
+		int rc = do_write(c);
+		if (rc)
+			return rc;
+	}
 	for (;;) {
 		if (c->closed)
 			return c->closed;
@@ -720,7 +730,16 @@ static int io_run(kvc_client *c, int64_t deadline, int want)
 			p.events |= POLLIN;
 		if (pending_out)
 			p.events |= POLLOUT;
-		int n = poll(&p, 1, tmo);
+		int n;
+		if (tmo == 0 && !polled) {
+			/* Zero timeout (kvc_pipe_next(c, r, 0) in an event loop): the
+			 * socket is non-blocking, so try the I/O itself instead of
+			 * asking poll() first. */
+			p.revents = p.events;
+			n = 1;
+		} else {
+			n = poll(&p, 1, tmo);
+		}
 		polled = 1;
 		if (n < 0) {
 			if (errno == EINTR)
@@ -1305,6 +1324,25 @@ KVC_API int kvc_pipe_flush(kvc_client *c)
 	if ((rc = usable(c)))
 		return rc;
 	return io_run(c, deadline_in(c->timeout_ms), WANT_FLUSH);
+}
+
+KVC_API int kvc_pipe_send(kvc_client *c)
+{
+	int rc;
+	if (!c)
+		return KVC_EUSAGE;
+	if ((rc = usable(c)))
+		return rc;
+	if ((rc = do_write(c)))
+		return rc;
+	if (c->out.off < c->out.len)
+		return fail(c, KVC_ETIMEOUT, "the socket to kvd at %s is full", c->path);
+	return KVC_OK;
+}
+
+KVC_API int kvc_fd(const kvc_client *c)
+{
+	return c && !c->closed ? c->fd : -1;
 }
 
 KVC_API size_t kvc_pipe_pending(const kvc_client *c)

@@ -277,6 +277,22 @@ KVC_API int kvc_pipe_batch(kvc_client *c, const struct kvc_op *ops, size_t nops,
  * is reported by kvc_pipe_next(), which can then return kvd's reason. */
 KVC_API int kvc_pipe_flush(kvc_client *c);
 
+/* --- event loops over many clients ---
+ * A program that drives many clients from one thread waits on their
+ * sockets itself (poll, epoll) and calls only non-blocking functions:
+ * kvc_pipe_send() to write, kvc_pipe_next(c, r, 0) to collect what has
+ * arrived (it reads the socket only when no whole reply is buffered).
+ *
+ * kvc_fd: the client's socket, to wait on for POLLIN (replies) and, while
+ * kvc_pipe_send() reports KVC_ETIMEOUT, POLLOUT. -1 once the client is
+ * closed. Never read, write or close it yourself. */
+KVC_API int kvc_fd(const kvc_client *c);
+
+/* Write what the socket takes now of the queued requests, never waiting.
+ * KVC_OK when nothing is left queued, KVC_ETIMEOUT when some is (wait for
+ * POLLOUT and call again), or KVC_ECLOSED. */
+KVC_API int kvc_pipe_send(kvc_client *c);
+
 /* Number of queued requests whose reply has not been collected yet. */
 KVC_API size_t kvc_pipe_pending(const kvc_client *c);
 
