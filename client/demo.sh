@@ -73,9 +73,11 @@ acked=$(grep -c '^OK$' "$DEMO/acks.txt")
 echo "the loader saw $acked acknowledged puts before kvd died"
 SEG=$(ls "$DATA"/*.seg | tail -n 1)
 echo "now tear the tail of the active segment, as a crash in the middle of a write() would:"
-echo "append the first 40 bytes of a record, a write that never completed (never acknowledged):"
-echo "$ dd if=$(basename "$SEG") bs=1 skip=32 count=40 >> $(basename "$SEG")"
-dd if="$SEG" bs=1 skip=32 count=40 2>/dev/null >>"$SEG"
+echo "append the first 40 bytes of a record (copied from the oldest segment): a write that
+never completed, so was never acknowledged:"
+FIRST=$(ls "$DATA"/*.seg | head -n 1)
+echo "$ dd if=$(basename "$FIRST") bs=1 skip=32 count=40 >> $(basename "$SEG")"
+dd if="$FIRST" bs=1 skip=32 count=40 2>/dev/null >>"$SEG"
 echo "restart kvd; recovery scans the newest segment and cuts the torn record:"
 : >"$LOG"
 start
