@@ -371,6 +371,69 @@ done
 [ $gone = 1 ] && pass "ttl key expires" || fail "ttl key still there after 5 s"
 check "put --ttl 0 means no expiry" 0 "OK" kc put ttl0 v --ttl 0
 
+# ---- bench (counts and exit codes only: no timing is ever asserted) -------------------------------
+run "$KVCTL" -s "$S" bench -c 4 -P 4 -n 2000 -r 500 -t put,get,del,batch --batch-ops 3 --json
+if [ "$rc" -eq 0 ] && [ "$(wc -l <"$T/out")" -eq 4 ] &&
+	[ "$(grep -c '"requests":2000,' "$T/out")" -eq 4 ] &&
+	[ "$(grep -c '"errors":0,' "$T/out")" -eq 4 ] &&
+	grep -q '^{"op":"batch",.*"batch_ops":3,' "$T/out" &&
+	python3 -c 'import json,sys
+for l in open(sys.argv[1]): json.loads(l)' "$T/out" 2>/dev/null; then
+	pass "bench --json: 4 tests, 2000 answered requests each, valid JSON"
+else
+	fail "bench --json: exit $rc, stdout '$(head -c 300 "$T/out")', stderr: $(errtxt)"
+fi
+run "$KVCTL" -s "$S" bench -c 3 --threads 2 -n 300 -r 50 --seq -t put
+if [ "$rc" -eq 0 ] && grep -q '^== put: 300 requests' "$T/out" && grep -q 'p99' "$T/out" &&
+	grep -q 'latency histogram' "$T/out"; then
+	pass "bench: text report (percentiles, histogram), two threads"
+else
+	fail "bench text: exit $rc, stdout '$(head -c 300 "$T/out")', stderr: $(errtxt)"
+fi
+check "bench --seq -n N -r N writes every key once" 0 "bench-seq-check" sh -c \
+	"'$KVCTL' -s '$S' bench -c 2 -n 20 -r 20 --seq -t put --keylen 8 --json >/dev/null &&
+	 '$KVCTL' -s '$S' scan key: --keys-only | grep -c '^key:00[01][0-9]\$' | grep -qx 20 &&
+	 echo bench-seq-check"
+check_err "bench: unknown test -> 2" 2 "unknown test" "$KVCTL" -s "$S" bench -t frob
+check_err "bench: key space too large for --keylen -> 2" 2 "cannot hold" "$KVCTL" -s "$S" bench --keylen 3 -r 100000
+check_err "bench: no daemon -> 3" 3 "cannot connect" "$KVCTL" -s "$T/absent.sock" bench -n 10
+if command -v python3 >/dev/null 2>&1; then # accepts, never answers
+	python3 -c 'import socket,sys,time
+s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8); time.sleep(20)' "$T/mute2.sock" &
+	MUTE2=$!
+	PIDS="$PIDS $MUTE2"
+	n=0
+	while [ ! -S "$T/mute2.sock" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+	check_err "bench: silent server -> exit 4 TIMEOUT" 4 "TIMEOUT" \
+		"$KVCTL" -s "$T/mute2.sock" -t 300 bench -c 2 -n 5 -t put
+	stop_pid "$MUTE2"
+fi
+
+# kvd dies in the middle of a run: the requests lost count as failures, exit 4.
+S3=$T/s3.sock
+mkdir -p "$T/data3"
+"$KVD" --data-dir "$T/data3" --socket "$S3" >"$T/kvd3.log" 2>&1 &
+KVD3=$!
+PIDS="$PIDS $KVD3"
+n=0
+while [ $n -lt 100 ] && ! "$KVCTL" -s "$S3" -t 1000 ping >/dev/null 2>&1; do sleep 0.1; n=$((n + 1)); done
+"$KVCTL" -s "$S3" bench -c 4 -n 100000000 -t put >"$T/bench3.out" 2>"$T/bench3.err" &
+BENCH3=$!
+PIDS="$PIDS $BENCH3"
+sleep 0.5
+kill -KILL "$KVD3" 2>/dev/null
+n=0 # the bench sees its connections close at once; bounded anyway
+while kill -0 "$BENCH3" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+stop_pid "$BENCH3"
+wait "$BENCH3" 2>/dev/null
+rc3=$?
+if [ "$rc3" -eq 4 ] && grep -q "requests failed; first error: put: connection lost" "$T/bench3.err"; then
+	pass "bench: kvd killed mid-run -> exit 4, failures counted"
+else
+	fail "bench: kvd killed mid-run: exit $rc3 (want 4), stderr '$(head -c 300 "$T/bench3.err")'"
+fi
+stop_pid "$KVD3"
+
 # ---- too many connections -> exit 3 --------------------------------------------------------------
 S2=$T/s2.sock
 mkdir -p "$T/data2"
