@@ -14,7 +14,10 @@
 #
 # Env: KVD, KVCTL (binaries; default build/kvd, build/kvctl),
 #      BENCH_QUICK=1 (a fifth of the requests), BENCH_MODES (default
-#      "always interval never"), BENCH_KEYS (default 1000000).
+#      "always interval never"), BENCH_KEYS (default 1000000),
+#      BENCH_NO_COMPACTION=1 (no background compaction on either side:
+#      Redis --auto-aof-rewrite-percentage 0, kvd --merge-auto no; by default
+#      both run theirs, and a fork for it may land inside a cell).
 # Invariants: every server started here is stopped by pid in the EXIT trap
 # (SIGTERM, SIGKILL after 10 s); every wait is bounded; temp dirs removed.
 set -u
@@ -22,6 +25,13 @@ set -u
 KVD=${KVD:-build/kvd}
 KVCTL=${KVCTL:-build/kvctl}
 QUICK=${BENCH_QUICK:-0}
+if [ "${BENCH_NO_COMPACTION:-0}" = 1 ]; then
+	R_EXTRA="--auto-aof-rewrite-percentage 0"
+	K_EXTRA="--merge-auto no"
+else
+	R_EXTRA=
+	K_EXTRA=
+fi
 MODES=${BENCH_MODES:-"always interval never"}
 KEYS=${BENCH_KEYS:-1000000}
 
@@ -83,7 +93,7 @@ kvd_sync() {
 start_redis() {
 	t0=$(now_ms)
 	redis-server --port 0 --unixsocket "$RS" --save '' --appendonly yes \
-		--appendfsync "$(redis_fsync "$1")" --dir "$RD" --logfile "$T/redis.log" \
+		--appendfsync "$(redis_fsync "$1")" --dir "$RD" --logfile "$T/redis.log" $R_EXTRA \
 		>/dev/null 2>&1 &
 	RPID=$!
 	n=0
@@ -101,7 +111,7 @@ start_redis() {
 
 start_kvd() {
 	t0=$(now_ms)
-	"$KVD" --data-dir "$KD" --socket "$KS" --sync "$(kvd_sync "$1")" --log-level warn \
+	"$KVD" --data-dir "$KD" --socket "$KS" --sync "$(kvd_sync "$1")" --log-level warn $K_EXTRA \
 		>>"$T/kvd.log" 2>&1 &
 	KPID=$!
 	n=0
@@ -230,6 +240,7 @@ done
 echo
 echo "kvd vs Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2) (AOF), Unix sockets, 100-byte values, random keys in a ${KEYS}-key space,"
 echo "one client thread on each side (redis-benchmark / kvctl bench). p99 in ms. Win: ratio >= 1.2 and kvd p99 <= Redis p99."
+[ -n "$K_EXTRA" ] && echo "Background compaction off on both sides (BENCH_NO_COMPACTION=1)."
 echo
 awk '
 BEGIN {
