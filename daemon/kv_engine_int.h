@@ -58,6 +58,8 @@ struct kv_engine {
 	uint64_t n_syncs, n_puts, n_dels, n_gets, n_batches;
 
 	uint64_t range_synced; /* active segment: writeback started up to here */
+	uint64_t alloc_end;    /* active segment: file size, zeros past wbuf_off
+				  (invariant 7 of kv_engine.c) */
 	uint64_t awarmed;      /* active segment: amap made resident up to here */
 
 	/* the hint job: builds the hint file of a freshly sealed segment in

@@ -17,6 +17,7 @@ const struct kv_sys_table kv_sys_default = {
 	.open = sys_open,
 	.write = write,
 	.pread = pread,
+	.pwrite = pwrite,
 	.fsync = fsync,
 	.fdatasync = fdatasync,
 	.rename = rename,
@@ -29,6 +30,7 @@ struct kv_sys_table kv_sys = {
 	.open = sys_open,
 	.write = write,
 	.pread = pread,
+	.pwrite = pwrite,
 	.fsync = fsync,
 	.fdatasync = fdatasync,
 	.rename = rename,
@@ -60,6 +62,25 @@ int kv_write_all(int fd, const void *buf, size_t n)
 			return -EIO;
 		p += w;
 		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int kv_pwrite_all(int fd, const void *buf, size_t n, off_t off)
+{
+	const char *p = buf;
+	while (n > 0) {
+		ssize_t w = kv_sys.pwrite(fd, p, n, off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (w == 0)
+			return -EIO;
+		p += w;
+		n -= (size_t)w;
+		off += w;
 	}
 	return 0;
 }

@@ -5,7 +5,7 @@
  * step of put, rotation or merge (SQLite's aSyscall[] idea). The helpers
  * below add EINTR retry, short-write loops and O_CLOEXEC.
  *
- * Invariant: production code never calls open/write/pread/fsync/fdatasync/
+ * Invariant: production code never calls open/write/pwrite/pread/fsync/fdatasync/
  * rename/unlink/ftruncate/close on data files directly, only via kv_sys.
  */
 #ifndef KV_SYS_H
@@ -18,6 +18,7 @@ struct kv_sys_table {
 	int (*open)(const char *path, int flags, mode_t mode);
 	ssize_t (*write)(int fd, const void *buf, size_t n);
 	ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
+	ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
 	int (*fsync)(int fd);
 	int (*fdatasync)(int fd);
 	int (*rename)(const char *from, const char *to);
@@ -35,6 +36,9 @@ int kv_open(const char *path, int flags, mode_t mode);
 /* Write all n bytes (loops over short writes). 0 or -errno; a write that
  * makes no progress is -EIO. */
 int kv_write_all(int fd, const void *buf, size_t n);
+/* Write all n bytes at off (pwrite: the file position does not move).
+ * 0 or -errno; a write that makes no progress is -EIO. */
+int kv_pwrite_all(int fd, const void *buf, size_t n, off_t off);
 /* Read exactly n bytes at off: 0, -errno, or -ENODATA at end of file. */
 int kv_pread_all(int fd, void *buf, size_t n, off_t off);
 int kv_fsync(int fd);     /* 0 or -errno; EINTR is NOT retried: it is an error */

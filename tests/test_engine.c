@@ -541,6 +541,93 @@ static void test_torn_tail_every_offset_and_bit(void **state)
 	free(base);
 }
 
+/* --- preallocation (invariant 7 of kv_engine.c) --------------------------------------------- */
+
+/* Sum of the sizes of every segment but the newest; each must hold no
+ * zeros past its last record, so a reopen cuts nothing. */
+static void test_preallocation(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("prealloc");
+	char copy[PATH_MAX], seg[PATH_MAX], cseg[PATH_MAX * 2 + 2];
+	struct kv_buf b = {0};
+	char k[32], v[64];
+	kv_engine *e = open_eng(dir, 0);
+	for (int i = 0; i < 100; i++) {
+		snprintf(k, sizeof k, "pre%03d", i);
+		snprintf(v, sizeof v, "value-%03d", i);
+		put_s(e, k, v);
+	}
+	newest_seg(dir, seg, sizeof seg, 0);
+	assert_int_equal(kv_engine_sync(e), 0);
+	/* a sync wrote zeros ahead: 100 small records, a file of >= 512 KiB */
+	long long synced_size = kvt_file_size(seg);
+	assert_true(synced_size >= (512 << 10));
+
+	/* a crash now (the directory copied while the engine is open) leaves
+	 * the zeros; recovery cuts them as preallocated space, not a tear */
+	snprintf(copy, sizeof copy, "%s.crash", dir);
+	assert_int_equal(kvt_copy_dir(dir, copy), 0);
+	snprintf(cseg, sizeof cseg, "%s/%s", copy, strrchr(seg, '/') + 1);
+	logbuf[0] = 0;
+	kv_engine *c = open_eng(copy, 0);
+	assert_non_null(strstr(logbuf, "preallocated space"));
+	assert_null(strstr(logbuf, "torn tail"));
+	assert_true(kvt_file_size(cseg) < synced_size);
+	for (int i = 0; i < 100; i++) {
+		snprintf(k, sizeof k, "pre%03d", i);
+		snprintf(v, sizeof v, "value-%03d", i);
+		assert_string_equal(get_s(c, k, &b), v);
+	}
+	kv_engine_close(c);
+
+	/* a clean close cuts them: the next open has nothing to cut */
+	put_s(e, "after", "sync");
+	assert_int_equal(kv_engine_sync(e), 0);
+	kv_engine_close(e);
+	assert_true(kvt_file_size(seg) < (16 << 10));
+	logbuf[0] = 0;
+	e = open_eng(dir, 0);
+	assert_null(strstr(logbuf, "cut"));
+	assert_string_equal(get_s(e, "after", &b), "sync");
+	kv_engine_close(e);
+
+	/* rotation with small segments: sealed segments never keep zeros and
+	 * never exceed the limit by more than one record */
+	kvt_rmrf(dir);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	e = open_eng(dir, 16384);
+	for (int i = 0; i < 2000; i++) {
+		snprintf(k, sizeof k, "rot%04d", i);
+		snprintf(v, sizeof v, "value-%04d-xxxxxxxxxxxxxxxxxxxxxxxx", i);
+		put_s(e, k, v);
+		assert_int_equal(kv_engine_sync(e), 0);
+	}
+	unsigned newest = newest_seg(dir, seg, sizeof seg, 0);
+	assert_true(newest > 3);
+	assert_true(kvt_file_size(seg) <= 16384 + 128); /* capped at max_segment_size */
+	for (unsigned id = newest_seg(dir, seg, sizeof seg, newest); id > 0;
+	     id = newest_seg(dir, seg, sizeof seg, id)) {
+		uint8_t *m;
+		size_t n;
+		read_file(seg, &m, &n);
+		assert_true(n > 64 && n <= 16384);
+		assert_true(m[n - 1] != 0 || m[n - 2] != 0 || m[n - 3] != 0 || m[n - 4] != 0);
+		free(m);
+	}
+	kv_engine_close(e);
+	logbuf[0] = 0;
+	e = open_eng(dir, 16384);
+	assert_null(strstr(logbuf, "cut"));
+	assert_string_equal(get_s(e, "rot1999", &b), "value-1999-xxxxxxxxxxxxxxxxxxxxxxxx");
+	assert_string_equal(get_s(e, "rot0000", &b), "value-0000-xxxxxxxxxxxxxxxxxxxxxxxx");
+	kv_engine_close(e);
+	kv_buf_free(&b);
+	kvt_rmrf(copy);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
 static void test_batch_atomic_every_offset(void **state)
 {
 	(void)state;
@@ -1072,6 +1159,7 @@ int main(void)
 		cmocka_unit_test(test_ttl),
 		cmocka_unit_test(test_lock_and_version),
 		cmocka_unit_test(test_torn_tail_every_offset_and_bit),
+		cmocka_unit_test(test_preallocation),
 		cmocka_unit_test(test_batch_atomic_every_offset),
 		cmocka_unit_test(test_hint_files),
 		cmocka_unit_test(test_sealed_corruption_and_repair),

@@ -5,7 +5,7 @@
  * For N = 1, 2, 3 ...: a scenario of synced puts, rotations (tiny
  * segments), background hint files and a merge (with puts racing it) runs
  * with the Nth file-system call made by the engine (open, write, fsync,
- * fdatasync, rename, unlink, ftruncate — in kvd or in the merge worker,
+ * fdatasync, rename, unlink, ftruncate, pwrite — in kvd or in the merge worker,
  * which inherits the seam) failing with EIO, or ENOSPC for writes. Each
  * time: the failing operation reports an error (never success); after a
  * failure on the active segment the engine is read-only and stays so
@@ -62,6 +62,14 @@ static ssize_t f_write(int fd, const void *b, size_t n)
 	}
 	return kv_sys_default.write(fd, b, n);
 }
+static ssize_t f_pwrite(int fd, const void *b, size_t n, off_t off)
+{
+	if (hit()) {
+		errno = ENOSPC;
+		return -1;
+	}
+	return kv_sys_default.pwrite(fd, b, n, off);
+}
 static int f_fsync(int fd)
 {
 	if (hit()) {
@@ -110,6 +118,7 @@ static void arm(long n)
 	injected = 0;
 	kv_sys.open = f_open;
 	kv_sys.write = f_write;
+	kv_sys.pwrite = f_pwrite;
 	kv_sys.fsync = f_fsync;
 	kv_sys.fdatasync = f_fdatasync;
 	kv_sys.rename = f_rename;
