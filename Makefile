@@ -48,7 +48,7 @@ ED_LIBS   := $(shell pkg-config --libs libedit 2>/dev/null)
 INI_LIBS  := $(shell pkg-config --libs inih 2>/dev/null)
 
 GEN := $(B)/gen
-INC := -I$(GEN) -Idaemon -Ilibkvclient
+INC := -I$(GEN) -Idaemon -Ilibkvclient -Iproto
 
 # --- sources -----------------------------------------------------------------
 # The engine: no sockets, no libevent, no protobuf (checked by `make test`).

@@ -10,27 +10,6 @@ static uint8_t payload_tag[10]; /* varint of (field number << 3) | 2 */
 static size_t payload_tag_len;
 static uint32_t method_field, payload_field; /* of kv.Envelope (kv_frame_peek_key) */
 
-static size_t varint_len(uint64_t v)
-{
-	size_t n = 1;
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
-
-static size_t varint_put(uint8_t *p, uint64_t v)
-{
-	size_t n = 0;
-	while (v >= 0x80) {
-		p[n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	p[n++] = (uint8_t)v;
-	return n;
-}
-
 int kv_frame_init(char *err, size_t errlen)
 {
 	const ProtobufCFieldDescriptor *fd =
@@ -39,7 +18,7 @@ int kv_frame_init(char *err, size_t errlen)
 		snprintf(err, errlen, "kv.Envelope has no 'bytes payload' field");
 		return -1;
 	}
-	payload_tag_len = varint_put(payload_tag, ((uint64_t)fd->id << 3) | 2u);
+	payload_tag_len = kv_wire_varint_put(payload_tag, ((uint64_t)fd->id << 3) | 2u);
 	payload_field = fd->id;
 	const ProtobufCFieldDescriptor *md =
 		protobuf_c_message_descriptor_get_field_by_name(&kv__envelope__descriptor, "method");
@@ -71,7 +50,7 @@ int kv_frame_peek(struct evbuffer *in, uint32_t *body_len)
 		return KV_FRAME_NEED_MORE;
 	if (evbuffer_copyout(in, h, 4) != 4)
 		return KV_FRAME_NEED_MORE;
-	uint32_t n = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+	uint32_t n = kv_wire_get_len(h);
 	*body_len = n;
 	if (n > KV_FRAME_MAX)
 		return KV_FRAME_TOO_BIG;
@@ -170,7 +149,7 @@ long long kv_frame_put_reply(struct evbuffer *out, const struct kv_reply *r)
 	size_t pl_sz = r->payload ? protobuf_c_message_get_packed_size(r->payload) : 0;
 	uint64_t body = env_sz;
 	if (pl_sz > 0)
-		body += payload_tag_len + varint_len(pl_sz) + pl_sz;
+		body += payload_tag_len + kv_wire_varint_len(pl_sz) + pl_sz;
 	if (body > UINT32_MAX - 4)
 		return -1;
 
@@ -179,16 +158,13 @@ long long kv_frame_put_reply(struct evbuffer *out, const struct kv_reply *r)
 	if (evbuffer_reserve_space(out, (ev_ssize_t)total, &vec, 1) != 1 || vec.iov_len < total)
 		return -1;
 	uint8_t *p = vec.iov_base;
-	p[0] = (uint8_t)(body >> 24);
-	p[1] = (uint8_t)(body >> 16);
-	p[2] = (uint8_t)(body >> 8);
-	p[3] = (uint8_t)body;
+	kv_wire_put_len(p, (uint32_t)body);
 	size_t o = 4;
 	o += kv__envelope__pack(&env, p + o);
 	if (pl_sz > 0) {
 		memcpy(p + o, payload_tag, payload_tag_len);
 		o += payload_tag_len;
-		o += varint_put(p + o, pl_sz);
+		o += kv_wire_varint_put(p + o, pl_sz);
 		o += protobuf_c_message_pack(r->payload, p + o);
 	}
 	if (o != total) /* a packed size that lied: never send a torn frame */

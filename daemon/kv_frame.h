@@ -1,6 +1,8 @@
 /*
  * kv_frame.h — the wire framing of kvd: a 4-byte big-endian length, then
- * one kv.Envelope (proto/kv.proto, proto/PROTOCOL.md).
+ * one kv.Envelope (proto/kv.proto, proto/PROTOCOL.md). The length prefix,
+ * its limit and the varint encoding come from proto/kv_wire.h, shared with
+ * libkvclient.
  *
  * Owns nothing; works on evbuffers owned by the caller.
  *
@@ -26,10 +28,11 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "kv.pb-c.h"
+#include "kv_wire.h"
 
 /* Largest frame body accepted: a 64 MiB value plus room for the key and
- * the envelope. */
-#define KV_FRAME_MAX (64u * 1024u * 1024u + 1024u * 1024u)
+ * the envelope (the wire contract's limit). */
+#define KV_FRAME_MAX KV_WIRE_FRAME_MAX
 
 enum {
 	KV_FRAME_NEED_MORE = 0, /* the head frame is not complete yet */

@@ -34,7 +34,8 @@
  * protobuf-c with its payload field left empty (fields 1 id, 2 method),
  * then field 3 appended by hand (tag 0x1a, varint length) followed by the
  * request packed by protobuf-c straight into the buffer. That is the
- * canonical encoding of the Envelope and saves copying values twice.
+ * canonical encoding of the Envelope and saves copying values twice. The
+ * length prefix and the varint come from proto/kv_wire.h (shared with kvd).
  */
 #include "kvclient.h"
 
@@ -54,6 +55,10 @@
 #include <unistd.h>
 
 #include "kv.pb-c.h"
+#include "kv_wire.h"
+
+/* The public limit (kvclient.h cannot include proto/) is the wire's. */
+_Static_assert(KVC_MAX_FRAME == KV_WIRE_FRAME_MAX, "KVC_MAX_FRAME differs from the wire limit");
 
 #define IN_CHUNK (64u * 1024u)          /* minimum free space per recv() */
 #define OUT_AUTOFLUSH (256u * 1024u)    /* queue calls try a write above this */
@@ -527,32 +532,6 @@ KVC_API const char *kvc_status_str(int status)
 
 /* ---- frames out ------------------------------------------------------------------ */
 
-static size_t varint_len(uint64_t v)
-{
-	size_t n = 1;
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
-
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-	size_t n = 0;
-	while (v >= 0x80) {
-		p[n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	p[n++] = (uint8_t)v;
-	return n;
-}
-
-static uint32_t get_be32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* Append one request frame to c->out and its entry to q (invariant 1). */
 static int enqueue(kvc_client *c, int method, const ProtobufCMessage *req)
 {
@@ -563,7 +542,7 @@ static int enqueue(kvc_client *c, int method, const ProtobufCMessage *req)
 	env.id = c->next_id;
 	env.method = (char *)method_names[method];
 	size_t hlen = kv__envelope__get_packed_size(&env);
-	size_t flen = hlen + (plen ? 1 + varint_len(plen) + plen : 0);
+	size_t flen = hlen + (plen ? 1 + kv_wire_varint_len(plen) + plen : 0);
 	if (flen > KVC_MAX_FRAME)
 		return fail(c, KVC_RESOURCE_EXHAUSTED,
 			    "%s request is %zu bytes, above the %u-byte frame maximum",
@@ -572,17 +551,14 @@ static int enqueue(kvc_client *c, int method, const ProtobufCMessage *req)
 		return fail(c, KVC_ENOMEM, "out of memory queueing a %zu-byte %s request", flen,
 			    method_names[method]);
 	uint8_t *p = c->out.p + c->out.len;
-	p[0] = (uint8_t)(flen >> 24);
-	p[1] = (uint8_t)(flen >> 16);
-	p[2] = (uint8_t)(flen >> 8);
-	p[3] = (uint8_t)flen;
+	kv_wire_put_len(p, (uint32_t)flen);
 	p += 4;
 	size_t n = kv__envelope__pack(&env, p);
 	assert(n == hlen);
 	p += n;
 	if (plen) {
 		*p++ = 0x1a; /* field 3 (payload), wire type 2 (length-delimited) */
-		p += put_varint(p, plen);
+		p += kv_wire_varint_put(p, plen);
 		n = protobuf_c_message_pack(req, p);
 		assert(n == plen);
 	}
@@ -629,7 +605,7 @@ static int do_read(kvc_client *c)
 	while (got < READ_ROUND_MAX) {
 		size_t want = IN_CHUNK, avail = c->in.len - c->in.off;
 		if (avail >= 4) {
-			uint32_t n = get_be32(c->in.p + c->in.off);
+			uint32_t n = kv_wire_get_len(c->in.p + c->in.off);
 			if (n > KVC_MAX_FRAME)
 				return frame_ready(c) < 0 ? c->closed : KVC_OK; /* reports it */
 			if (4 + (size_t)n > avail && 4 + (size_t)n - avail > want)
@@ -670,7 +646,7 @@ static int frame_ready(kvc_client *c)
 	size_t avail = c->in.len - c->in.off;
 	if (avail < 4)
 		return 0;
-	uint32_t n = get_be32(c->in.p + c->in.off);
+	uint32_t n = kv_wire_get_len(c->in.p + c->in.off);
 	if (n > KVC_MAX_FRAME) {
 		die(c, KVC_EPROTO, "kvd at %s sent a %u-byte frame, above the %u-byte maximum",
 		    c->path, n, KVC_MAX_FRAME);
@@ -784,7 +760,7 @@ static int get_reply(kvc_client *c, int64_t deadline, Kv__Envelope **envp, int *
 		int rc = io_run(c, deadline, WANT_FRAME);
 		if (rc)
 			return rc;
-		uint32_t n = get_be32(c->in.p + c->in.off);
+		uint32_t n = kv_wire_get_len(c->in.p + c->in.off);
 		Kv__Envelope *env = kv__envelope__unpack(&c->rx_alloc, n, c->in.p + c->in.off + 4);
 		c->in.off += 4 + (size_t)n;
 		buf_settle(&c->in);

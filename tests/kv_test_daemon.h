@@ -6,15 +6,22 @@
  * with raw sockets and the generated kv.pb-c code — independent of
  * libkvclient. Also: kvtd_spawn_raw() (exact arguments, e.g. a run whose
  * data directory and socket come from a configuration file), log helpers
- * (kvtd_wait_log, kvt_file_count), and assertion-free Put/Get/Stats
- * (kvt_put, kvt_get, kvt_stats) for tests to assert on.
+ * (kvtd_wait_log, kvt_file_count), a test case's connections and teardown
+ * (struct kvt_conns: kvt_conn() opens one, kvt_conns_close_all() closes
+ * them; kvtd_stop_and_check: a clean exit and no sanitizer report;
+ * kvtd_teardown), and assertion-free Put/Get/Stats (kvt_put, kvt_get,
+ * kvt_stats) for tests to assert on.
  *
- * Header-only (static functions) so each test stays one .c file.
+ * Header-only (static functions) so each test stays one .c file. For cmocka
+ * tests: kvt_conn() is the one helper that asserts (a failed connect fails
+ * the test); the others return a status for the test to check.
  * Every wait here is bounded in time; nothing blocks forever.
  *
  * Ownership: struct kvtd holds its paths inline; kvtd_cleanup() stops the
- * daemon and removes its directory. Envelopes returned by kvt_recv() are
- * freed with kv__envelope__free_unpacked(env, NULL).
+ * daemon and removes its directory (kvtd_teardown: both of a case's, after
+ * checking their runs). struct kvt_conns owns the descriptors in it.
+ * Envelopes returned by kvt_recv() are freed with
+ * kv__envelope__free_unpacked(env, NULL).
  */
 #ifndef KV_TEST_DAEMON_H
 #define KV_TEST_DAEMON_H
@@ -22,7 +29,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <setjmp.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +45,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cmocka.h>
 
 #include "kv.pb-c.h"
 #include "kv_test_util.h"
@@ -273,29 +285,33 @@ static inline long kvt_anon_kb(pid_t pid)
 	return kvt_status_kb(pid, "RssAnon");
 }
 
-/* Does the file contain needle? */
-static inline int kvt_file_contains(const char *path, const char *needle)
+/* The file's first MiB, NUL-terminated, in a static buffer (valid until
+ * the next call); NULL when it cannot be opened. */
+static inline const char *kvt_file_head(const char *path)
 {
 	FILE *f = fopen(path, "r");
 	if (!f)
-		return 0;
+		return NULL;
 	static char buf[1 << 20];
 	size_t n = fread(buf, 1, sizeof buf - 1, f);
 	fclose(f);
 	buf[n] = '\0';
-	return strstr(buf, needle) != NULL;
+	return buf;
+}
+
+/* Does the file contain needle? */
+static inline int kvt_file_contains(const char *path, const char *needle)
+{
+	const char *buf = kvt_file_head(path);
+	return buf && strstr(buf, needle) != NULL;
 }
 
 /* How many times needle occurs in the file (first MiB). */
 static inline int kvt_file_count(const char *path, const char *needle)
 {
-	FILE *f = fopen(path, "r");
-	if (!f)
+	const char *buf = kvt_file_head(path);
+	if (!buf)
 		return 0;
-	static char buf[1 << 20];
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
 	int count = 0;
 	for (const char *p = buf; (p = strstr(p, needle)) != NULL; p += strlen(needle))
 		count++;
@@ -531,6 +547,93 @@ static inline Kv__Envelope *kvt_call(int fd, uint64_t id, const char *method,
 	if (kvt_send(fd, id, method, msg) < 0)
 		return NULL;
 	return kvt_recv(fd);
+}
+
+/* ---- a test case's connections and teardown ---------------------------------------------- */
+
+#define KVT_MAX_CONNS 256
+
+/* The connections a test case opened; its teardown closes them. */
+struct kvt_conns {
+	int fd[KVT_MAX_CONNS];
+	int n;
+};
+
+/* kvt_connect(path), remembered in cs; -1 when the connect fails or cs is
+ * full. */
+static inline int kvt_conns_open(struct kvt_conns *cs, const char *path)
+{
+	if (cs->n >= KVT_MAX_CONNS)
+		return -1;
+	int fd = kvt_connect(path);
+	if (fd >= 0)
+		cs->fd[cs->n++] = fd;
+	return fd;
+}
+
+/* kvt_conns_open() that fails the (cmocka) test when the connect fails. */
+static inline int kvt_conn(struct kvt_conns *cs, const char *path)
+{
+	int fd = kvt_conns_open(cs, path);
+	assert_true(fd >= 0);
+	return fd;
+}
+
+/* Close fd now; kvt_conns_close_all() will not close it again. */
+static inline void kvt_conns_close(struct kvt_conns *cs, int fd)
+{
+	for (int i = 0; i < cs->n; i++)
+		if (cs->fd[i] == fd)
+			cs->fd[i] = -1;
+	close(fd);
+}
+
+static inline void kvt_conns_close_all(struct kvt_conns *cs)
+{
+	for (int i = 0; i < cs->n; i++)
+		if (cs->fd[i] >= 0)
+			close(cs->fd[i]);
+	cs->n = 0;
+}
+
+/* Stop d (if running) and check its run: a clean exit (0) on SIGTERM and
+ * no sanitizer report in its log (the log's first 60 lines then go to
+ * stderr). 0, or -1 with the reason on stderr. */
+static inline int kvtd_stop_and_check(struct kvtd *d)
+{
+	int rc = 0;
+	if (d->pid > 0) {
+		int code = kvtd_stop(d);
+		if (code != 0) {
+			fprintf(stderr, "kvd (log %s) exited with %d on SIGTERM\n", d->log, code);
+			rc = -1;
+		}
+	}
+	if (d->dir[0] && (kvt_file_contains(d->log, "Sanitizer") ||
+			  kvt_file_contains(d->log, "runtime error:"))) {
+		fprintf(stderr, "sanitizer report in %s:\n", d->log);
+		FILE *f = fopen(d->log, "r");
+		char line[512];
+		for (int i = 0; f && i < 60 && fgets(line, sizeof line, f); i++)
+			fputs(line, stderr);
+		if (f)
+			fclose(f);
+		rc = -1;
+	}
+	return rc;
+}
+
+/* The end of a teardown: kvtd_stop_and_check() d2 (a second run, possibly
+ * never started) then d, and remove both directories. 0 when both runs
+ * were clean, else -1. */
+static inline int kvtd_teardown(struct kvtd *d, struct kvtd *d2)
+{
+	int rc = kvtd_stop_and_check(d2);
+	if (kvtd_stop_and_check(d) < 0)
+		rc = -1;
+	kvtd_cleanup(d2);
+	kvtd_cleanup(d);
+	return rc;
 }
 
 /* ---- requests without assertions (tests assert on the results) ------------------------------ */

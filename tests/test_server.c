@@ -23,13 +23,10 @@
 #define ST_UNIMPLEMENTED 12
 #define ST_UNAVAILABLE 14
 
-#define MAX_FDS 256
-
 struct ctx {
 	struct kvtd d, d2;
 	char mnt[256]; /* a tmpfs mounted by the test, unmounted by teardown */
-	int fds[MAX_FDS];
-	int nfds;
+	struct kvt_conns conns;
 };
 
 static int setup(void **state)
@@ -41,67 +38,18 @@ static int setup(void **state)
 	return 0;
 }
 
-/* Stop d (if running) and check its run: a clean exit (0) and no
- * sanitizer report in its log. 0 or -1. */
-static int stop_and_check(struct kvtd *d)
-{
-	int rc = 0;
-	if (d->pid > 0) {
-		int code = kvtd_stop(d);
-		if (code != 0) {
-			fprintf(stderr, "kvd (log %s) exited with %d on SIGTERM\n", d->log, code);
-			rc = -1;
-		}
-	}
-	if (d->dir[0] && (kvt_file_contains(d->log, "Sanitizer") ||
-			  kvt_file_contains(d->log, "runtime error:"))) {
-		fprintf(stderr, "sanitizer report in %s:\n", d->log);
-		FILE *f = fopen(d->log, "r");
-		char line[512];
-		for (int i = 0; f && i < 60 && fgets(line, sizeof line, f); i++)
-			fputs(line, stderr);
-		if (f)
-			fclose(f);
-		rc = -1;
-	}
-	return rc;
-}
-
+/* Stops both daemons and checks their runs (kvtd_stop_and_check). */
 static int teardown(void **state)
 {
 	struct ctx *c = *state;
-	for (int i = 0; i < c->nfds; i++)
-		if (c->fds[i] >= 0)
-			close(c->fds[i]);
-	int rc = stop_and_check(&c->d2);
+	kvt_conns_close_all(&c->conns);
 	if (c->mnt[0]) { /* its daemon may fail its last sync: exit code is the test's */
 		kvtd_stop(&c->d);
 		umount(c->mnt);
 	}
-	if (stop_and_check(&c->d) < 0)
-		rc = -1;
-	kvtd_cleanup(&c->d2);
-	kvtd_cleanup(&c->d);
+	int rc = kvtd_teardown(&c->d, &c->d2);
 	free(c);
 	return rc;
-}
-
-/* A connection closed by teardown. */
-static int conn(struct ctx *c, const char *sock)
-{
-	int fd = kvt_connect(sock);
-	assert_true(fd >= 0);
-	assert_true(c->nfds < MAX_FDS);
-	c->fds[c->nfds++] = fd;
-	return fd;
-}
-
-static void conn_close(struct ctx *c, int fd)
-{
-	for (int i = 0; i < c->nfds; i++)
-		if (c->fds[i] == fd)
-			c->fds[i] = -1;
-	close(fd);
 }
 
 static void start(struct ctx *c, const char *tag, const char *const *extra)
@@ -239,9 +187,9 @@ static void daemon_alive(struct ctx *c)
 {
 	assert_true(c->d.pid > 0);
 	assert_int_equal(kill(c->d.pid, 0), 0);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	ping_ok(fd, 4242);
-	conn_close(c, fd);
+	kvt_conns_close(&c->conns, fd);
 }
 
 /* Read Scan replies for id until end_of_stream; counts items into *n and
@@ -300,7 +248,7 @@ static void test_methods(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "methods", NULL);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 
 	ping_ok(fd, 1);
 
@@ -415,7 +363,7 @@ static void test_methods_scan_stats(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "methods2", NULL);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	char k[32], v[32];
 	assert_int_equal(put_s(fd, 1, "x1", "1", 1, 0), ST_OK);
 	assert_int_equal(put_s(fd, 2, "x2", "2", 1, 0), ST_OK);
@@ -538,7 +486,7 @@ static void test_max_value(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "maxval", NULL);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	size_t n = 64u * 1024u * 1024u;
 	uint8_t *v = malloc(n + 1);
 	assert_non_null(v);
@@ -563,7 +511,7 @@ static void test_pipeline_10k(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "pipe", NULL);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	enum { N = 10000 };
 	struct kvt_buf b = { 0 };
 	char k[32], v[32];
@@ -609,7 +557,7 @@ static void test_100_clients(void **state)
 	enum { C = 100, R = 100 };
 	int fds[C];
 	for (int i = 0; i < C; i++)
-		fds[i] = conn(c, c->d.sock);
+		fds[i] = kvt_conn(&c->conns, c->d.sock);
 	char k[32], v[32];
 	for (int r = 0; r < R; r++) { /* every client has one request in flight */
 		for (int i = 0; i < C; i++) {
@@ -658,7 +606,7 @@ static void test_restart(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "restart", NULL);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	struct kvt_buf b = { 0 };
 	char k[32], v[64];
 	for (int i = 0; i < 500; i++) {
@@ -679,12 +627,12 @@ static void test_restart(void **state)
 		assert_int_equal(e->status_code, ST_OK);
 		kv__envelope__free_unpacked(e, NULL);
 	}
-	conn_close(c, fd);
+	kvt_conns_close(&c->conns, fd);
 	assert_int_equal(kvtd_stop(&c->d), 0);
 	struct stat sst;
 	assert_int_equal(stat(c->d.sock, &sst), -1); /* socket removed */
 	assert_int_equal(kvtd_start_again(&c->d, NULL), 0);
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	for (int i = 0; i < 500; i++) {
 		snprintf(k, sizeof k, "r/%d", i);
 		if (i % 10 == 0) {
@@ -711,7 +659,7 @@ static void test_sigterm_inflight(void **state)
 	int fds[C];
 	char k[48], v[48];
 	for (int i = 0; i < C; i++) {
-		fds[i] = conn(c, c->d.sock);
+		fds[i] = kvt_conn(&c->conns, c->d.sock);
 		struct kvt_buf b = { 0 };
 		for (int j = 0; j < N; j++) {
 			snprintf(k, sizeof k, "t/%d/%d", i, j);
@@ -746,7 +694,7 @@ static void test_sigterm_inflight(void **state)
 	print_message("acknowledged before exit: %d %d %d %d of %d\n", acked[0], acked[1],
 		      acked[2], acked[3], N);
 	assert_int_equal(kvtd_start_again(&c->d, NULL), 0);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	for (int i = 0; i < C; i++)
 		for (int j = 0; j < acked[i]; j++) {
 			snprintf(k, sizeof k, "t/%d/%d", i, j);
@@ -762,7 +710,7 @@ static void test_huge_length(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "huge", NULL);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	ping_ok(fd, 1);
 	long rss0 = kvt_rss_kb(c->d.pid);
 	static const uint8_t claim[] = { 0xff, 0xff, 0xff, 0xff, 'a', 'b', 'c' };
@@ -779,7 +727,7 @@ static void test_huge_length(void **state)
 	assert_true(rss1 - rss0 < 8192);
 
 	/* just above the limit: refused too */
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	uint32_t n = 64u * 1024u * 1024u + 1024u * 1024u + 1u;
 	uint8_t h[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
 	assert_int_equal(kvt_write_all(fd, h, 4), 0);
@@ -796,7 +744,7 @@ static void test_random_bytes(void **state)
 	start(c, "random", NULL);
 	uint8_t buf[8192];
 	for (unsigned seed = 1; seed <= 40; seed++) {
-		int fd = conn(c, c->d.sock);
+		int fd = kvt_conn(&c->conns, c->d.sock);
 		srand(seed);
 		size_t n = 16 + (size_t)(rand() % (int)(sizeof buf - 16));
 		for (size_t i = 0; i < n; i++)
@@ -810,10 +758,10 @@ static void test_random_bytes(void **state)
 		shutdown(fd, SHUT_WR);
 		if (!kvt_wait_closed(fd, 5000, NULL))
 			fail_msg("seed %u: kvd kept the connection open", seed);
-		conn_close(c, fd);
+		kvt_conns_close(&c->conns, fd);
 	}
 	/* A malformed envelope: INVALID_ARGUMENT (id 0), then close. */
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	static const uint8_t bad[] = { 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff };
 	assert_int_equal(kvt_write_all(fd, bad, sizeof bad), 0);
 	Kv__Envelope *e = recv_ok(fd);
@@ -829,24 +777,24 @@ static void test_truncated_frames(void **state)
 	struct ctx *c = *state;
 	start(c, "trunc", NULL);
 	/* length says 100, 10 bytes come, then close */
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	static const uint8_t part[] = { 0, 0, 0, 100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 };
 	assert_int_equal(kvt_write_all(fd, part, sizeof part), 0);
-	conn_close(c, fd);
+	kvt_conns_close(&c->conns, fd);
 	/* half a length prefix, then close */
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	assert_int_equal(kvt_write_all(fd, part, 2), 0);
-	conn_close(c, fd);
+	kvt_conns_close(&c->conns, fd);
 	/* a partial frame then half-close: kvd closes without a reply */
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	assert_int_equal(kvt_write_all(fd, part, sizeof part), 0);
 	shutdown(fd, SHUT_WR);
 	size_t drained = 99;
 	assert_int_equal(kvt_wait_closed(fd, 5000, &drained), 1);
 	assert_int_equal(drained, 0);
-	conn_close(c, fd);
+	kvt_conns_close(&c->conns, fd);
 	/* a frame split over writes with pauses is reassembled */
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	struct kvt_buf b = { 0 };
 	Kv__PingRequest pr = KV__PING_REQUEST__INIT;
 	kvt_buf_frame(&b, 77, "Ping", &pr.base);
@@ -878,7 +826,7 @@ static void test_unknown_method(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "unknown", NULL);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	Kv__PingRequest pr = KV__PING_REQUEST__INIT;
 	Kv__Envelope *e = kvt_call(fd, 31, "Frobnicate", &pr.base);
 	assert_non_null(e);
@@ -905,8 +853,8 @@ static void test_slow_reader(void **state)
 	struct ctx *c = *state;
 	const char *args[] = { "--write-timeout-ms", "2000", NULL };
 	start(c, "slow", args);
-	int fa = conn(c, c->d.sock);
-	int fb = conn(c, c->d.sock);
+	int fa = kvt_conn(&c->conns, c->d.sock);
+	int fb = kvt_conn(&c->conns, c->d.sock);
 	size_t vl = 1024u * 1024u;
 	uint8_t *v = malloc(vl);
 	memset(v, 'x', vl);
@@ -950,30 +898,30 @@ static void test_max_connections(void **state)
 	start(c, "maxconn", args);
 	int fds[4];
 	for (int i = 0; i < 4; i++) {
-		fds[i] = conn(c, c->d.sock);
+		fds[i] = kvt_conn(&c->conns, c->d.sock);
 		ping_ok(fds[i], (uint64_t)i);
 	}
-	int fx = conn(c, c->d.sock);
+	int fx = kvt_conn(&c->conns, c->d.sock);
 	Kv__Envelope *e = recv_ok(fx);
 	assert_int_equal(e->id, 0);
 	assert_int_equal(e->status_code, ST_UNAVAILABLE);
 	assert_non_null(strstr(e->status_message, "too many connections"));
 	kv__envelope__free_unpacked(e, NULL);
 	assert_int_equal(kvt_wait_closed(fx, 5000, NULL), 1);
-	conn_close(c, fx);
+	kvt_conns_close(&c->conns, fx);
 	/* a freed slot is usable again (kvd notices the close within a moment) */
-	conn_close(c, fds[0]);
+	kvt_conns_close(&c->conns, fds[0]);
 	int ok = 0;
 	for (int tries = 0; tries < 50 && !ok; tries++) {
 		kvt_sleep_ms(20);
-		int fd = conn(c, c->d.sock);
+		int fd = kvt_conn(&c->conns, c->d.sock);
 		Kv__PingRequest pr = KV__PING_REQUEST__INIT;
 		e = kvt_call(fd, 9, "Ping", &pr.base);
 		ok = e && e->status_code == ST_OK;
 		if (e)
 			kv__envelope__free_unpacked(e, NULL);
 		if (!ok)
-			conn_close(c, fd);
+			kvt_conns_close(&c->conns, fd);
 	}
 	assert_true(ok);
 	for (int i = 1; i < 4; i++)
@@ -985,8 +933,8 @@ static void test_frame_timeout(void **state)
 	struct ctx *c = *state;
 	const char *args[] = { "--frame-timeout-ms", "300", NULL };
 	start(c, "ftimeout", args);
-	int idle = conn(c, c->d.sock);
-	int fd = conn(c, c->d.sock);
+	int idle = kvt_conn(&c->conns, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	static const uint8_t part[] = { 0, 0, 0, 100, 1, 2, 3 };
 	uint64_t t0 = kvt_now_ms();
 	assert_int_equal(kvt_write_all(fd, part, sizeof part), 0);
@@ -1089,7 +1037,7 @@ static void test_socket_setup(void **state)
 	assert_int_equal(st.st_mode & 0777, 0600);
 	assert_true(kvt_file_contains(c->d.log, "removed stale socket"));
 	kill(c->d.pid, SIGHUP);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	ping_ok(fd, 1);
 	int seen = 0;
 	for (int i = 0; i < 100 && !seen; i++) {
@@ -1109,7 +1057,7 @@ static void test_sync_always_group_commit(void **state)
 	struct ctx *c = *state;
 	const char *args[] = { "--sync", "always", NULL };
 	start(c, "always", args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	char k[32];
 	for (int i = 0; i < 10; i++) {
 		snprintf(k, sizeof k, "a/%d", i);
@@ -1144,7 +1092,7 @@ static void test_sync_always_group_commit(void **state)
 	enum { C = 20, R = 25 };
 	int fds[C];
 	for (int i = 0; i < C; i++)
-		fds[i] = conn(c, c->d.sock);
+		fds[i] = kvt_conn(&c->conns, c->d.sock);
 	Kv__StatsReply *s2 = stats(fd, 101);
 	for (int r = 0; r < R; r++) {
 		for (int i = 0; i < C; i++) {
@@ -1181,7 +1129,7 @@ static void test_sync_interval(void **state)
 	struct ctx *c = *state;
 	const char *args[] = { "--sync", "interval:200", NULL };
 	start(c, "interval", args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	Kv__StatsReply *s0 = stats(fd, 1);
 	assert_string_equal(s0->sync_mode, "interval:200");
 	assert_int_equal(put_s(fd, 2, "a", "1", 1, 1), ST_OK); /* sync=true */
@@ -1230,7 +1178,7 @@ static void test_enospc_fail_stop(void **state)
 	memcpy(c->d.data, c->mnt, strlen(c->mnt));
 	memcpy(c->d.data + strlen(c->mnt), "/data", 6);
 	assert_int_equal(kvtd_start_again(&c->d, NULL), 0);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	size_t vl = 256u * 1024u;
 	uint8_t *v = malloc(vl);
 	memset(v, 'e', vl);
@@ -1276,8 +1224,8 @@ static void test_scan_stream(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "scan", NULL);
-	int fd = conn(c, c->d.sock);
-	int other = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
+	int other = kvt_conn(&c->conns, c->d.sock);
 	enum { N = 20000 };
 	size_t vl = 2048;
 	uint8_t *v = malloc(vl);

@@ -27,8 +27,6 @@
 #define ST_INTERNAL 13
 #define ST_UNAVAILABLE 14
 
-#define MAX_FDS 64
-
 /* The merge tests' store: NKEYS keys written ROUNDS times, VLEN-byte
  * values, 1 MiB segments: ~15 MB on disk, 2/3 dead. A merge of it takes a
  * few hundred ms, long enough to watch clients being served meanwhile. */
@@ -38,8 +36,7 @@
 
 struct ctx {
 	struct kvtd d, d2;
-	int fds[MAX_FDS];
-	int nfds;
+	struct kvt_conns conns;
 	int notify_fd;
 };
 
@@ -53,57 +50,17 @@ static int setup(void **state)
 	return 0;
 }
 
-/* Stop d (if running): it must exit 0; no sanitizer report in its log. */
-static int stop_and_check(struct kvtd *d)
-{
-	int rc = 0;
-	if (d->pid > 0) {
-		int code = kvtd_stop(d);
-		if (code != 0) {
-			fprintf(stderr, "kvd (log %s) exited with %d on SIGTERM\n", d->log, code);
-			rc = -1;
-		}
-	}
-	if (d->dir[0] && (kvt_file_contains(d->log, "Sanitizer") ||
-			  kvt_file_contains(d->log, "runtime error:"))) {
-		fprintf(stderr, "sanitizer report in %s\n", d->log);
-		rc = -1;
-	}
-	return rc;
-}
-
+/* Stops both daemons: each must exit 0, with no sanitizer report in its
+ * log (kvtd_stop_and_check). */
 static int teardown(void **state)
 {
 	struct ctx *c = *state;
-	for (int i = 0; i < c->nfds; i++)
-		if (c->fds[i] >= 0)
-			close(c->fds[i]);
+	kvt_conns_close_all(&c->conns);
 	if (c->notify_fd >= 0)
 		close(c->notify_fd);
-	int rc = stop_and_check(&c->d2);
-	if (stop_and_check(&c->d) < 0)
-		rc = -1;
-	kvtd_cleanup(&c->d2);
-	kvtd_cleanup(&c->d);
+	int rc = kvtd_teardown(&c->d, &c->d2);
 	free(c);
 	return rc;
-}
-
-static int conn(struct ctx *c, const char *sock)
-{
-	int fd = kvt_connect(sock);
-	assert_true(fd >= 0);
-	assert_true(c->nfds < MAX_FDS);
-	c->fds[c->nfds++] = fd;
-	return fd;
-}
-
-static void conn_close(struct ctx *c, int fd)
-{
-	for (int i = 0; i < c->nfds; i++)
-		if (c->fds[i] == fd)
-			c->fds[i] = -1;
-	close(fd);
 }
 
 static void start(struct ctx *c, const char *tag, const char *const *extra)
@@ -295,7 +252,7 @@ static void test_merge_wait_restart(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "mwait", merge_args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, NKEYS, ROUNDS);
 	Kv__StatsReply *s0 = stats(fd, 1);
 	uint64_t disk0 = s0->disk_bytes;
@@ -330,10 +287,10 @@ static void test_merge_wait_restart(void **state)
 	assert_int_equal(m.status, ST_OK);
 	assert_string_equal(m.state, "nothing to merge");
 
-	conn_close(c, fd);
+	kvt_conns_close(&c->conns, fd);
 	assert_int_equal(kvtd_stop(&c->d), 0);
 	restart(&c->d, merge_args);
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	Kv__StatsReply *s2 = stats(fd, 5);
 	assert_int_equal(s2->keys, NKEYS);
 	assert_true(s2->disk_bytes <= disk1 + 4096); /* + the new active segment */
@@ -349,7 +306,7 @@ static void test_merge_scheduled(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "msched", merge_args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, NKEYS, ROUNDS);
 	struct kvt_buf b = { 0 };
 	Kv__MergeRequest mq = KV__MERGE_REQUEST__INIT;
@@ -388,7 +345,7 @@ static void test_merge_scheduled(void **state)
 	assert_string_equal(e->method, "Ping");
 	kv__envelope__free_unpacked(e, NULL);
 
-	int other = conn(c, c->d.sock);
+	int other = kvt_conn(&c->conns, c->d.sock);
 	assert_int_equal(stat_merges(other), 2); /* the scheduled one ran after */
 	assert_false(merge_busy(other));
 	char v[64];
@@ -404,9 +361,9 @@ static void test_merge_serves_clients(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "mserve", merge_args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, NKEYS, ROUNDS);
-	int other = conn(c, c->d.sock);
+	int other = kvt_conn(&c->conns, c->d.sock);
 	send_merge(fd, 100, 1);
 	uint64_t t_start = kvt_now_ms() + 10000;
 	while (!merge_busy(other) && kvt_now_ms() < t_start)
@@ -449,11 +406,11 @@ static void test_merge_waiter_dies(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "mdies", merge_args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, NKEYS, ROUNDS);
-	int a = conn(c, c->d.sock);
+	int a = kvt_conn(&c->conns, c->d.sock);
 	send_merge(a, 1, 1);
-	conn_close(c, a);
+	kvt_conns_close(&c->conns, a);
 	uint64_t end = kvt_now_ms() + 60000;
 	while (stat_merges(fd) < 1 && kvt_now_ms() < end)
 		kvt_sleep_ms(20);
@@ -461,7 +418,7 @@ static void test_merge_waiter_dies(void **state)
 	ping_ok(fd, 2);
 
 	fill(fd, 2000, 1); /* dead bytes again */
-	int h = conn(c, c->d.sock);
+	int h = kvt_conn(&c->conns, c->d.sock);
 	struct kvt_buf b = { 0 };
 	Kv__MergeRequest mq = KV__MERGE_REQUEST__INIT;
 	mq.wait = 1;
@@ -488,9 +445,9 @@ static void test_merge_wait_sigterm(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "mterm", merge_args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, NKEYS, ROUNDS);
-	int other = conn(c, c->d.sock);
+	int other = kvt_conn(&c->conns, c->d.sock);
 	send_merge(fd, 9, 1);
 	uint64_t end = kvt_now_ms() + 10000;
 	while (!merge_busy(other) && kvt_now_ms() < end)
@@ -505,10 +462,10 @@ static void test_merge_wait_sigterm(void **state)
 	}
 	assert_int_equal(kvtd_wait_exit(&c->d, 10000), 0);
 	assert_int_equal(kvtd_exit_code(&c->d), 0);
-	conn_close(c, fd);
-	conn_close(c, other);
+	kvt_conns_close(&c->conns, fd);
+	kvt_conns_close(&c->conns, other);
 	restart(&c->d, merge_args);
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	check_all(fd, NKEYS, ROUNDS - 1);
 	assert_false(has_tmp_files(c->d.data));
 }
@@ -519,7 +476,7 @@ static void test_merge_kill9(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "mkill", merge_args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, NKEYS, ROUNDS);
 	send_merge(fd, 1, 0);
 	struct mres m = recv_merge(fd, 1, 10000);
@@ -532,10 +489,10 @@ static void test_merge_kill9(void **state)
 	assert_true(merge_busy(fd)); /* still merging: the kill lands mid-merge */
 	kill(c->d.pid, SIGKILL);
 	assert_int_equal(kvtd_wait_exit(&c->d, 10000), 0);
-	conn_close(c, fd);
+	kvt_conns_close(&c->conns, fd);
 	kvt_sleep_ms(100); /* the worker dies with kvd (PR_SET_PDEATHSIG) */
 	restart(&c->d, merge_args);
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	check_all(fd, NKEYS, ROUNDS - 1);
 	char v[64];
 	for (int i = 0; i < 200; i++) {
@@ -562,7 +519,7 @@ static void test_merge_auto(void **state)
 	const char *args[] = { "--max-segment-size", "64K", "--merge-check-interval-ms", "50",
 			       "--merge-min-dead-ratio", "0.3", NULL };
 	start(c, "mauto", args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, 2000, 3);
 	uint64_t end = kvt_now_ms() + 10000;
 	while (stat_merges(fd) < 1 && kvt_now_ms() < end)
@@ -575,7 +532,7 @@ static void test_merge_auto(void **state)
 			      "--merge-min-dead-ratio", "0.3", "--merge-auto", "no", NULL };
 	if (kvtd_start(&c->d2, "mauto2", off) < 0)
 		fail_msg("kvd did not start");
-	int fd2 = conn(c, c->d2.sock);
+	int fd2 = kvt_conn(&c->conns, c->d2.sock);
 	fill(fd2, 2000, 3);
 	kvt_sleep_ms(500);
 	assert_int_equal(stat_merges(fd2), 0);
@@ -594,7 +551,7 @@ static void test_merge_backoff(void **state)
 	unsetenv("KVD_MERGE_CRASH_AT");
 	if (rc < 0)
 		fail_msg("kvd did not start (log %s)", c->d.log);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, 2000, 3);
 	assert_true(kvtd_wait_log(&c->d, "automatic merges paused for 10 s", 10000));
 	send_merge(fd, 5, 1);
@@ -713,7 +670,7 @@ static void test_config_file_and_flags(void **state)
 	assert_int_equal(kvtd_spawn_raw(&c->d, args), 0);
 	if (kvtd_wait_ready(&c->d, 10000) < 0)
 		fail_msg("kvd did not start (log %s)", c->d.log);
-	int fd = conn(c, sock2);
+	int fd = kvt_conn(&c->conns, sock2);
 	assert_int_equal(kvt_put(fd, 1, "k", "v", 1), ST_OK);
 	Kv__StatsReply *s = stats(fd, 2);
 	assert_string_equal(s->sync_mode, "always"); /* the flag won */
@@ -728,7 +685,7 @@ static void test_config_file_and_flags(void **state)
 	/* max-connections 7 from the file: fd + 6 more are served, then refused */
 	int refused = 0;
 	for (int i = 0; i < 7; i++) {
-		int x = conn(c, sock2);
+		int x = kvt_conn(&c->conns, sock2);
 		Kv__Envelope *e = kvt_recv_t(x, 300); /* a refusal comes unasked */
 		if (e) {
 			assert_int_equal(e->id, 0);
@@ -785,7 +742,7 @@ static void test_config_example(void **state)
 	assert_int_equal(nkeys, (int)(sizeof all_keys / sizeof all_keys[0]));
 	const char *args[] = { "--config", path, NULL }; /* + --data-dir, --socket */
 	restart(&c->d, args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	Kv__StatsReply *r = stats(fd, 1);
 	assert_string_equal(r->sync_mode, "interval:1000");
 	kv__stats_reply__free_unpacked(r, NULL);
@@ -802,7 +759,7 @@ static void test_sighup_reload(void **state)
 	conf_file(c, path, sizeof path, "log-level = info\nmerge-auto = no\n");
 	const char *args[] = { "--config", path, "--max-connections", "30", NULL };
 	restart(&c->d, args);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	ping_ok(fd, 1);
 	assert_false(kvt_file_contains(c->d.log, "accepted (fd"));
 
@@ -815,7 +772,7 @@ static void test_sighup_reload(void **state)
 	assert_true(kvt_file_contains(c->d.log,
 				      "SIGHUP: sync: 'interval:1000' -> 'always' needs a restart"));
 	assert_false(kvt_file_contains(c->d.log, "max-connections:")); /* the flag wins */
-	int fd2 = conn(c, c->d.sock);
+	int fd2 = kvt_conn(&c->conns, c->d.sock);
 	ping_ok(fd2, 2);
 	assert_true(kvtd_wait_log(&c->d, "accepted (fd", 2000)); /* now at debug */
 	Kv__StatsReply *s = stats(fd2, 3);
@@ -833,7 +790,7 @@ static void test_sighup_reload(void **state)
 	conf_file(c, path, sizeof path, "allow-uids = 12345\n");
 	kill(c->d.pid, SIGHUP);
 	assert_true(kvtd_wait_log(&c->d, "SIGHUP: allow-uids: '' -> '12345'", 5000));
-	int fd3 = conn(c, c->d.sock);
+	int fd3 = kvt_conn(&c->conns, c->d.sock);
 	Kv__Envelope *e = kvt_recv(fd3);
 	assert_non_null(e);
 	assert_int_equal(e->status_code, ST_PERMISSION_DENIED);
@@ -853,7 +810,7 @@ static void test_acl(void **state)
 	assert_true(getuid() != 12345);
 	const char *deny[] = { "--allow-uids", "12345", "--allow-gids", "54321", NULL };
 	start(c, "acl", deny);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	Kv__Envelope *e = kvt_recv(fd);
 	assert_non_null(e);
 	assert_int_equal(e->id, 0);
@@ -871,14 +828,14 @@ static void test_acl(void **state)
 	const char *self = getuid() == 0 ? "12345,root" : uid;
 	const char *allow[] = { "--allow-uids", self, NULL };
 	restart(&c->d, allow);
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	ping_ok(fd, 1);
 	assert_int_equal(kvtd_stop(&c->d), 0);
 
 	/* not our uid, but our group */
 	const char *bygid[] = { "--allow-uids", "12345", "--allow-gids", gid, NULL };
 	restart(&c->d, bygid);
-	fd = conn(c, c->d.sock);
+	fd = kvt_conn(&c->conns, c->d.sock);
 	ping_ok(fd, 2);
 }
 
@@ -930,9 +887,9 @@ static void test_notify(void **state)
 {
 	struct ctx *c = *state;
 	start(c, "notify", NULL);
-	int fd = conn(c, c->d.sock);
+	int fd = kvt_conn(&c->conns, c->d.sock);
 	fill(fd, 20000, 1);
-	conn_close(c, fd);
+	kvt_conns_close(&c->conns, fd);
 	assert_int_equal(kvtd_stop(&c->d), 0);
 
 	char npath[400];
@@ -954,9 +911,7 @@ static void test_notify(void **state)
 	assert_string_equal(buf, "STATUS=recovering");
 	assert_int_equal(recv_note(c->notify_fd, buf, sizeof buf, 10000), 0);
 	assert_string_equal(buf, "READY=1\nSTATUS=serving 20000 keys");
-	fd = kvt_connect(c->d.sock); /* at READY the socket already accepts */
-	assert_true(fd >= 0);
-	c->fds[c->nfds++] = fd;
+	fd = kvt_conn(&c->conns, c->d.sock); /* at READY the socket already accepts */
 	ping_ok(fd, 1);
 	uint64_t t0 = kvt_now_ms();
 	expect_note(c->notify_fd, "WATCHDOG=1");
