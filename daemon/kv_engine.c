@@ -214,12 +214,26 @@ int kv_eng_seg_add(kv_engine *e, struct seg *s)
 void kv_eng_seg_unmap(kv_engine *e, struct seg *s)
 {
 	if (s->map) {
-		munmap(s->map, s->maplen);
+		munmap(s->map, s->mapres ? s->mapres : s->maplen);
 		s->map = NULL;
 		s->maplen = 0;
+		s->mapres = 0;
 		s->warmed = 0;
 		e->nmapped--;
 	}
+}
+
+/* Unmap the least recently used sealed segment when the cache is full. */
+static void evict_map(kv_engine *e)
+{
+	if (e->nmapped < e->opt.max_mapped_segments)
+		return;
+	struct seg *victim = NULL;
+	for (size_t i = 0; i < e->nsegs; i++)
+		if (e->segs[i]->map && (!victim || e->segs[i]->lru < victim->lru))
+			victim = e->segs[i];
+	if (victim)
+		kv_eng_seg_unmap(e, victim);
 }
 
 /* Map a sealed segment, evicting the least recently used mapping when the
@@ -231,14 +245,7 @@ int kv_eng_seg_map(kv_engine *e, struct seg *s)
 		s->lru = ++e->lru_clock;
 		return 0;
 	}
-	if (e->nmapped >= e->opt.max_mapped_segments) {
-		struct seg *victim = NULL;
-		for (size_t i = 0; i < e->nsegs; i++)
-			if (e->segs[i]->map && (!victim || e->segs[i]->lru < victim->lru))
-				victim = e->segs[i];
-		if (victim)
-			kv_eng_seg_unmap(e, victim);
-	}
+	evict_map(e);
 	kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
 	int rc = kv_map_file(path, &s->map, &s->maplen);
 	if (rc)
@@ -583,6 +590,25 @@ static void unmap_active(kv_engine *e)
 	e->amaplen = 0;
 }
 
+/* The segment being sealed keeps the active mapping (same file, pages
+ * already mapped and warm) instead of a fresh mmap on its next read: no
+ * burst of page faults for the reads that follow every rotation. The
+ * mapping reserves max_segment_size; only [0, size) is ever read. */
+static void keep_active_map(kv_engine *e, struct seg *s)
+{
+	if (!e->amap)
+		return;
+	evict_map(e);
+	s->map = e->amap;
+	s->maplen = (size_t)e->wbuf_off;
+	s->mapres = e->amaplen;
+	s->warmed = e->awarmed < s->maplen ? (size_t)e->awarmed : s->maplen;
+	s->lru = ++e->lru_clock;
+	e->nmapped++;
+	e->amap = NULL;
+	e->amaplen = 0;
+}
+
 /* Seal the active segment and open id next_id as the new one
  * (invariant 6). Any failure is fatal to further writes. */
 int kv_eng_rotate(kv_engine *e, uint32_t next_id)
@@ -597,7 +623,7 @@ int kv_eng_rotate(kv_engine *e, uint32_t next_id)
 	}
 	e->n_syncs++;
 	e->unsynced = 0;
-	unmap_active(e);
+	keep_active_map(e, s);
 	kv_close(e->active_fd);
 	e->active_fd = -1;
 	s->active = 0;
@@ -1435,7 +1461,8 @@ static void free_engine(kv_engine *e)
 	hint_job_end(e, 0);
 	for (size_t i = 0; i < e->nsegs; i++) {
 		if (e->segs[i]->map)
-			munmap(e->segs[i]->map, e->segs[i]->maplen);
+			munmap(e->segs[i]->map, e->segs[i]->mapres ? e->segs[i]->mapres
+								   : e->segs[i]->maplen);
 		free(e->segs[i]);
 	}
 	free(e->segs);

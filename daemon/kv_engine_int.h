@@ -23,6 +23,8 @@ struct seg {
 	uint64_t live;
 	uint8_t *map;  /* sealed: whole file mapped read-only, or NULL */
 	size_t maplen;
+	size_t mapres; /* bytes the mapping reserves (munmap length) when more
+			  than maplen: the active mapping kept at sealing */
 	uint64_t lru;
 	size_t warmed; /* bytes of map made resident by warm_step() */
 };
