@@ -225,6 +225,25 @@ void kv_stats_free(struct kv_stats *st);
  * KV_EREADONLY or -errno.
  */
 int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg);
+
+/* How one merge runs. Zero-initialised: no rate limit, no child_init
+ * (what kv_engine_merge_start() does). */
+struct kv_merge_params {
+	/* Bytes per second the worker may read from the input segments (the
+	 * records it scans or copies, and their hint files); it sleeps when
+	 * ahead of that pace. Its writes are bounded too: it writes at most
+	 * what it read. 0 = unlimited. */
+	uint64_t rate_limit;
+	/* Runs first in the worker (the child process), with child_arg; see
+	 * kv_engine_merge_start(). NULL = nothing. child_arg is borrowed. */
+	void (*child_init)(void *arg);
+	void *child_arg;
+};
+
+/* kv_engine_merge_start() with parameters; p is borrowed for the call
+ * (the worker keeps its own copy). NULL p = all zero. Same returns: 0
+ * (started), 1 (nothing to merge), KV_EBUSY, KV_EREADONLY or -errno. */
+int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *p);
 /* The report pipe to watch for readability while a merge runs, else -1. */
 int kv_engine_merge_fd(const kv_engine *e);
 /* Read reports, apply at most budget of them (location compare-and-swap),

@@ -7,7 +7,8 @@
  *                kv_jobs_merge() (a client), or check_cb() (auto:
  *                merge-auto, past the back-off, kv_engine_merge_wanted())
  *     IDLE ---------------------------------------------------------> RUNNING
- *      ^      start(): kv_engine_merge_start() == 0; watch the pipe,       |
+ *      ^      start(): kv_engine_merge_start_with() == 0 (the rate limit  |
+ *      |      of the configuration in force); watch the pipe,             |
  *      |      STATUS=merging                                              |
  *      |                                                                  |
  *      |      pipe readable (fd_cb), SIGCHLD (chld_cb), step timer        |
@@ -91,6 +92,7 @@ void kv_jobs_config_init(struct kv_jobs_config *c)
 	c->merge_min_dead_ratio = 0.4;
 	c->merge_min_dead_bytes = 128ull << 20;
 	c->merge_check_interval_ms = 10000;
+	c->merge_rate_limit_mib = KV_MERGE_RATE_LIMIT_DEFAULT_MIB;
 }
 
 /* STATUS= for systemd: the number of keys is the one figure people want. */
@@ -149,7 +151,8 @@ static int start(struct kv_jobs *j, uint64_t t, const char *why, struct kv_merge
 	struct kv_merge_info mi;
 	kv_engine_merge_info(j->engine, &mi);
 	memset(o, 0, sizeof *o);
-	int rc = kv_engine_merge_start(j->engine, NULL, NULL);
+	struct kv_merge_params mp = {(uint64_t)j->cfg.merge_rate_limit_mib << 20, NULL, NULL};
+	int rc = kv_engine_merge_start_with(j->engine, &mp);
 	if (rc == 1) {
 		o->rc = 1;
 		kv_log_debug("merge (%s): nothing to merge", why);

@@ -36,6 +36,13 @@
  *  7. A failed merge leaves no file kvd does not know about: outputs that
  *     were renamed but not reported are removed, so a later merge cannot
  *     drop a tombstone that such a file's copy would outlive.
+ *
+ * Pace: besides running at nice 10 and the lowest best-effort I/O
+ * priority, the worker may be given a rate limit (kv_merge_params, kvd's
+ * merge-rate-limit): a token bucket over the bytes it reads from its
+ * inputs, checked every THR_CHUNK bytes, sleeping while it is ahead of
+ * schedule (struct throttle below). A slower merge leaves clients more
+ * CPU, disk and page cache.
  */
 #include "kv_merge.h"
 
@@ -48,6 +55,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +70,12 @@
 
 #define PIPE_BUF_CAP (8u << 20) /* parent: stop reading the pipe past this */
 #define OUT_FLUSH (1u << 20)    /* worker: write output in 1 MiB chunks */
+#define THR_CHUNK (128u << 10)  /* worker: check the rate limit every 128 KiB read */
+
+/* worker, rate limit: one sleep lasts at most 100 ms; unused pace is saved
+ * up for at most 100 ms (the bucket's size) */
+#define THR_MAX_SLEEP_NS 100000000ull
+#define THR_BURST_NS 100000000ull
 
 enum mstate { M_RUNNING, M_DELETING };
 
@@ -83,6 +97,7 @@ struct kv_merge {
 	uint8_t *buf;    /* unparsed reports */
 	size_t len, cap, pos;
 	struct timespec t0;
+	uint64_t rate_limit; /* bytes/s the worker reads, 0 = unlimited */
 };
 
 /* ======================= the worker (child process) ======================= */
@@ -275,12 +290,76 @@ static int out_copy(struct out *o, uint32_t seg, uint32_t off, const struct kv_r
 	return 0;
 }
 
+/*
+ * The worker's rate limit: a token bucket over the bytes it reads from its
+ * inputs. Reads rather than writes, because reading is what every record
+ * costs: a scan reads and checks the CRC of every record, dead ones
+ * included, and a merge of mostly dead data writes little; each byte
+ * written was read first, so the pace of reads bounds the writes too. Only
+ * what is actually read is charged: with a hint file, the hint file and
+ * the live records, not the dead records the hints let it skip.
+ *
+ * The bucket fills at rate bytes/s and holds at most THR_BURST_NS worth;
+ * due is the time at which the bytes charged so far are paid for, so the
+ * bucket is empty once due >= now. Every THR_CHUNK bytes the worker sleeps
+ * until due, in sleeps of at most THR_MAX_SLEEP_NS, each one a ppoll() on
+ * the report pipe: if kvd closed its end the sleep ends at once and the
+ * worker stops (-EPIPE); kvd's death kills it through PR_SET_PDEATHSIG,
+ * sleeping or not.
+ */
+struct throttle {
+	uint64_t rate;    /* bytes per second; 0 = unlimited: never sleeps */
+	uint64_t pending; /* bytes read since the last check */
+	uint64_t due_ns;  /* CLOCK_MONOTONIC; 0 before the first check */
+	int wfd;          /* the report pipe (write end) */
+};
+
+static uint64_t mono_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* Charge n bytes read; sleep while ahead of the rate. 0, or -EPIPE when
+ * kvd closed the report pipe during a sleep. */
+static int throttle(struct throttle *t, uint64_t n)
+{
+	if (!t->rate)
+		return 0;
+	t->pending += n;
+	if (t->pending < THR_CHUNK)
+		return 0;
+	uint64_t now = mono_ns();
+	if (t->due_ns + THR_BURST_NS < now)
+		t->due_ns = now - THR_BURST_NS; /* a full bucket holds no more */
+	/* pending is a chunk plus one record or hint file: far below the 18 GB
+	 * at which pending * 10^9 would overflow */
+	t->due_ns += t->pending * 1000000000ull / t->rate;
+	t->pending = 0;
+	while (now < t->due_ns) {
+		uint64_t ns = t->due_ns - now;
+		if (ns > THR_MAX_SLEEP_NS)
+			ns = THR_MAX_SLEEP_NS;
+		struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+		/* events 0: only POLLERR (no reader left) or POLLHUP wake it */
+		struct pollfd pfd = {t->wfd, 0, 0};
+		int r = ppoll(&pfd, 1, &ts, NULL);
+		if (r > 0 && (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)))
+			return -EPIPE;
+		now = mono_ns();
+	}
+	return 0;
+}
+
 struct child_scan {
 	kv_engine *e;
 	struct out *o;
+	struct throttle *thr;
 	uint32_t seg;
 	const uint8_t *data;
 	size_t len;
+	int thr_rc; /* the throttle's error, kept apart from the hint's own */
 };
 
 static int is_live(struct child_scan *c, const uint8_t *key, uint32_t klen, uint32_t off)
@@ -292,6 +371,9 @@ static int is_live(struct child_scan *c, const uint8_t *key, uint32_t klen, uint
 static int child_rec(void *arg, uint32_t off, const struct kv_rec *r)
 {
 	struct child_scan *c = arg;
+	int rc = throttle(c->thr, r->size); /* the scan read it, live or not */
+	if (rc)
+		return c->thr_rc = rc;
 	if (r->type != KV_REC_PUT || !is_live(c, r->key, r->klen, off))
 		return 0; /* tombstones and dead records are dropped */
 	return out_copy(c->o, c->seg, off, r);
@@ -303,18 +385,22 @@ static int child_hint(void *arg, const struct kv_hint_ent *h)
 	struct kv_rec r;
 	if ((h->flags & KV_HF_TOMBSTONE) || !is_live(c, h->key, h->klen, h->off))
 		return 0;
+	int rc = throttle(c->thr, h->size); /* only live records are read */
+	if (rc)
+		return c->thr_rc = rc;
 	if ((uint64_t)h->off + h->size > c->len ||
 	    kv_rec_decode(c->data + h->off, h->size, &r) != KV_DEC_OK || r.type != KV_REC_PUT)
 		return KV_ECORRUPT;
 	return out_copy(c->o, c->seg, h->off, &r);
 }
 
-static int child_merge(kv_engine *e, struct kv_merge *m, struct out *o, char *err, size_t errlen)
+static int child_merge(kv_engine *e, struct kv_merge *m, struct out *o, struct throttle *thr,
+		       char *err, size_t errlen)
 {
 	char path[PATH_MAX];
 	int rc = 0;
 	for (uint32_t i = 0; i < m->nin && !rc; i++) {
-		struct child_scan c = {e, o, m->in[i], NULL, 0};
+		struct child_scan c = {e, o, thr, m->in[i], NULL, 0, 0};
 		uint8_t *data = NULL, *hdata = NULL;
 		size_t len = 0, hlen = 0;
 		kv_seg_path(path, sizeof path, e->dir, c.seg, "seg");
@@ -329,14 +415,21 @@ static int child_merge(kv_engine *e, struct kv_merge *m, struct out *o, char *er
 		if (s && s->has_hint) {
 			kv_seg_path(path, sizeof path, e->dir, c.seg, "hint");
 			if (kv_map_file(path, &hdata, &hlen) == 0) {
-				if (kv_hint_parse(hdata, hlen, c.seg, child_hint, &c) == 0)
+				/* the hint is read whole (its CRC) */
+				c.thr_rc = throttle(thr, hlen);
+				if (!c.thr_rc &&
+				    kv_hint_parse(hdata, hlen, c.seg, child_hint, &c) == 0)
 					done = 1; /* a corrupt hint passes nothing: scan instead */
 				if (hdata)
 					munmap(hdata, hlen);
 			}
-			/* an error after some copies: outputs are not reported yet,
-			 * but their hint entries are; a scan would copy twice */
-			if (!done && o->id) {
+			if (c.thr_rc) {
+				rc = c.thr_rc;
+				snprintf(err, errlen, "segment %u: %s", c.seg, kv_strerror(rc));
+			} else if (!done && o->id) {
+				/* an error after some copies: outputs are not reported
+				 * yet, but their hint entries are; a scan would copy
+				 * twice */
 				rc = KV_ECORRUPT;
 				snprintf(err, errlen, "segment %u: hint file failed mid-merge", c.seg);
 			}
@@ -372,7 +465,8 @@ static void child_run(kv_engine *e, struct kv_merge *m, int wfd)
 	o.crash_at = crash ? atol(crash) : 0;
 	o.bcap = OUT_FLUSH + (1u << 16);
 	o.buf = malloc(o.bcap);
-	int rc = o.buf ? child_merge(e, m, &o, err, sizeof err) : -ENOMEM;
+	struct throttle thr = {m->rate_limit, 0, 0, wfd};
+	int rc = o.buf ? child_merge(e, m, &o, &thr, err, sizeof err) : -ENOMEM;
 	if (rc) {
 		if (!err[0])
 			snprintf(err, sizeof err, "%s", kv_strerror(rc));
@@ -425,7 +519,16 @@ int kv_engine_merge_wanted(const kv_engine *e, double min_dead_ratio, uint64_t m
 
 int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg)
 {
+	struct kv_merge_params p = {0, child_init, arg};
+	return kv_engine_merge_start_with(e, &p);
+}
+
+int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *mp)
+{
+	static const struct kv_merge_params none;
 	int p[2] = {-1, -1}, rc;
+	if (!mp)
+		mp = &none;
 	if (e->merge)
 		return KV_EBUSY;
 	if (e->failed)
@@ -439,6 +542,7 @@ int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg
 	if (!m)
 		return -ENOMEM;
 	m->fd = -1;
+	m->rate_limit = mp->rate_limit;
 	clock_gettime(CLOCK_MONOTONIC, &m->t0);
 	/* inputs: every segment, the active one included once sealed */
 	m->in = calloc(e->nsegs, sizeof *m->in);
@@ -484,8 +588,8 @@ int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg
 		}
 		syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0,
 			(2 << 13) | 7 /* IOPRIO_CLASS_BE, level 7 */);
-		if (child_init)
-			child_init(arg);
+		if (mp->child_init)
+			mp->child_init(mp->child_arg);
 		sigset_t all;
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);
@@ -506,8 +610,18 @@ int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg
 	m->state = M_RUNNING;
 	e->minfo.pid = pid;
 	e->minfo.last_error[0] = 0;
-	kv_eng_log(e, KV_LOG_INFO, "merge started: worker pid %d, %u input segments, outputs %u..%u",
-		   (int)pid, m->nin, m->R, m->R + m->k - 1);
+	char pace[48];
+	if (!m->rate_limit)
+		snprintf(pace, sizeof pace, "no rate limit");
+	else if (m->rate_limit % (1u << 20) == 0)
+		snprintf(pace, sizeof pace, "rate limit %llu MiB/s",
+			 (unsigned long long)(m->rate_limit >> 20));
+	else
+		snprintf(pace, sizeof pace, "rate limit %llu bytes/s",
+			 (unsigned long long)m->rate_limit);
+	kv_eng_log(e, KV_LOG_INFO,
+		   "merge started: worker pid %d, %u input segments, outputs %u..%u, %s", (int)pid,
+		   m->nin, m->R, m->R + m->k - 1, pace);
 	return 0;
 fail:
 	if (p[0] >= 0)

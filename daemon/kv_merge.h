@@ -1,7 +1,7 @@
 /*
  * kv_merge.h — the report stream from the merge worker to kvd, and the
- * crash points tests use. Internal to kv_merge.c (the public API is in
- * kv_engine.h).
+ * crash points tests use. Internal to kv_merge.c (the public API,
+ * including struct kv_merge_params, is in kv_engine.h).
  *
  * Every report is a 32-byte little-endian header followed by klen bytes:
  *   0  u8   type (enum kv_mrep)
@@ -18,6 +18,10 @@
  */
 #ifndef KV_MERGE_H
 #define KV_MERGE_H
+
+#include <stdint.h>
+
+#include "kv_engine.h"
 
 enum kv_mrep {
 	KV_MREP_OUTPUT = 1, /* a new durable output segment */

@@ -10,8 +10,8 @@
  * missing explicit one is an error), then the flags in command-line order,
  * so flags win. SIGHUP repeats exactly that into a fresh struct conf,
  * logs every difference, applies the keys marked runtime (log level,
- * max-connections, merge triggers, allow-lists) and logs that the others
- * take effect at the next restart.
+ * max-connections, merge triggers and rate limit, allow-lists) and logs
+ * that the others take effect at the next restart.
  *
  * Start-up: configuration → logging → the socket (inherited from systemd,
  * or the path checked: length, no live daemon on it) → STATUS=recovering →
@@ -50,6 +50,10 @@
 #define EXIT_USAGE 2
 #define DEFAULT_CONFIG "/etc/kvd/kvd.conf"
 #define SD_LISTEN_FDS_START 3
+#define MAX_MERGE_RATE_MIB 1048576ul /* 1 TiB/s: a typo guard, not a real limit */
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 static const char usage_text[] =
 	"usage: kvd [options]\n"
@@ -75,6 +79,8 @@ static const char usage_text[] =
 	"                            (default 0.4)\n"
 	"  --merge-min-dead-bytes B  ... or hold this many dead bytes (default 128M)\n"
 	"  --merge-check-interval-ms MS  how often to check (default 10000)\n"
+	"  --merge-rate-limit MIB    MiB/s a merge may read; 0 = unlimited (default "
+	STR(KV_MERGE_RATE_LIMIT_DEFAULT_MIB) ")\n"
 	"  --allow-uids LIST         only these uids/users may connect (comma-separated;\n"
 	"                            default: anyone the socket mode lets in)\n"
 	"  --allow-gids LIST         ... or members of these gids/groups\n"
@@ -103,6 +109,7 @@ enum key_id {
 	K_MERGE_RATIO,
 	K_MERGE_BYTES,
 	K_MERGE_INTERVAL,
+	K_MERGE_RATE,
 	K_ALLOW_UIDS,
 	K_ALLOW_GIDS,
 	NKEYS
@@ -127,6 +134,7 @@ static const struct key {
 	[K_MERGE_RATIO] = { "merge-min-dead-ratio", 1, 0 },
 	[K_MERGE_BYTES] = { "merge-min-dead-bytes", 1, 0 },
 	[K_MERGE_INTERVAL] = { "merge-check-interval-ms", 1, 0 },
+	[K_MERGE_RATE] = { "merge-rate-limit", 1, 0 },
 	[K_ALLOW_UIDS] = { "allow-uids", 1, 0 },
 	[K_ALLOW_GIDS] = { "allow-gids", 1, 0 },
 };
@@ -362,6 +370,13 @@ static int set_key(struct conf *c, int k, const char *v, char *why, size_t n)
 		}
 		c->srv.merge.merge_min_dead_bytes = u64;
 		return 0;
+	case K_MERGE_RATE:
+		if (parse_uint(v, 0, MAX_MERGE_RATE_MIB, &ul) < 0) {
+			snprintf(why, n, "want MiB/s, 0..%lu (0 = unlimited)", MAX_MERGE_RATE_MIB);
+			return -1;
+		}
+		c->srv.merge.merge_rate_limit_mib = (unsigned)ul;
+		return 0;
 	case K_ALLOW_UIDS:
 	case K_ALLOW_GIDS: {
 		char e[200];
@@ -435,6 +450,9 @@ static void show_key(const struct conf *c, int k, char *buf, size_t n)
 		return;
 	case K_MERGE_INTERVAL:
 		snprintf(buf, n, "%u", s->merge.merge_check_interval_ms);
+		return;
+	case K_MERGE_RATE:
+		snprintf(buf, n, "%u", s->merge.merge_rate_limit_mib);
 		return;
 	case K_ALLOW_UIDS:
 		snprintf(buf, n, "%s", c->allow_uids);
@@ -704,13 +722,18 @@ int main(int argc, char **argv)
 	struct kv_stats st;
 	memset(&st, 0, sizeof st);
 	if (kv_engine_stats(engine, &st) == 0) {
-		char sync[32];
+		char sync[32], rate[48];
 		show_key(c, K_SYNC, sync, sizeof sync);
-		kv_log_info("kvd %s serving %s on %s (%llu keys in %llu segments, sync %s%s)",
+		if (cfg->merge.merge_rate_limit_mib)
+			snprintf(rate, sizeof rate, "%u MiB/s", cfg->merge.merge_rate_limit_mib);
+		else
+			snprintf(rate, sizeof rate, "unlimited");
+		kv_log_info("kvd %s serving %s on %s (%llu keys in %llu segments, sync %s, merge "
+			    "rate limit %s%s)",
 			    KV_VERSION_STRING, c->data_dir,
 			    nfds > 0 ? "the socket passed by systemd (fd 3)" : cfg->socket_path,
-			    (unsigned long long)st.keys,
-			    (unsigned long long)st.segments, sync, c->opt.repair ? ", repair" : "");
+			    (unsigned long long)st.keys, (unsigned long long)st.segments, sync,
+			    rate, c->opt.repair ? ", repair" : "");
 		kv_sd_notifyf("READY=1\nSTATUS=serving %llu keys", (unsigned long long)st.keys);
 		kv_stats_free(&st);
 	} else {

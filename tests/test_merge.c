@@ -4,7 +4,9 @@
  * merge, outputs loaded from their hint files, scans during a merge, and
  * the worker killed with SIGKILL at every crash point, and kvd itself
  * killed mid-merge: each time the store must equal a reference model, with
- * no temp files left and no space counted twice.
+ * no temp files left and no space counted twice. Also the worker's rate
+ * limit (kv_merge_params): a limited merge takes at least about data /
+ * limit, 0 means unlimited, and a throttled worker still dies with kvd.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +16,7 @@
 #include <cmocka.h>
 
 #include "kv_engine.h"
+#include "kv_merge.h"
 #include "kv_test_util.h"
 
 #include <dirent.h>
@@ -58,10 +61,12 @@ static kv_engine *open_eng(const char *dir)
 	return e;
 }
 
-/* Run a merge to its end (bounded: 30 s). Returns the last step's value. */
-static int run_merge(kv_engine *e, void (*during)(kv_engine *, int), int *steps_out)
+/* Run a merge started with parameters p (NULL: kv_engine_merge_start())
+ * to its end (bounded: 30 s). Returns the last step's value. */
+static int run_merge_with(kv_engine *e, const struct kv_merge_params *p,
+			  void (*during)(kv_engine *, int), int *steps_out)
 {
-	int rc = kv_engine_merge_start(e, NULL, NULL);
+	int rc = p ? kv_engine_merge_start_with(e, p) : kv_engine_merge_start(e, NULL, NULL);
 	if (rc == 1)
 		return 1;
 	assert_int_equal(rc, 0);
@@ -84,6 +89,18 @@ static int run_merge(kv_engine *e, void (*during)(kv_engine *, int), int *steps_
 	if (steps_out)
 		*steps_out = steps;
 	return rc;
+}
+
+static int run_merge(kv_engine *e, void (*during)(kv_engine *, int), int *steps_out)
+{
+	return run_merge_with(e, NULL, during, steps_out);
+}
+
+static double secs_since(const struct timespec *t0)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
 /* --- reference model ------------------------------------------------------------------- */
@@ -525,6 +542,266 @@ static void test_nothing_to_merge(void **state)
 	free(dir);
 }
 
+
+/* --- the rate limit ---------------------------------------------------------------- */
+
+#define RL_VLEN 3000 /* NK keys of 3,000 bytes: about 2.9 MiB live */
+
+static void rl_value(char *v, int round, int i)
+{
+	memset(v, 'a' + (i + round) % 26, RL_VLEN);
+	snprintf(v, 24, "r%d-i%04d-", round, i);
+}
+
+/* NK keys of RL_VLEN bytes, then 50 of them overwritten (dead bytes, so
+ * there is something to merge). Nearly every byte of the segments is
+ * live: a merge reads about NK * RL_VLEN bytes. */
+static void rl_fill(kv_engine *e)
+{
+	static char v[RL_VLEN];
+	char k[32];
+	for (int i = 0; i < NK; i++) {
+		rl_value(v, 0, i);
+		kname(k, sizeof k, i);
+		assert_int_equal(kv_engine_put(e, k, strlen(k), v, RL_VLEN, 0), 0);
+	}
+	for (int i = 0; i < 50; i++) {
+		rl_value(v, 1, i);
+		kname(k, sizeof k, i);
+		assert_int_equal(kv_engine_put(e, k, strlen(k), v, RL_VLEN, 0), 0);
+	}
+}
+
+static void rl_check(kv_engine *e, const char *when)
+{
+	static char v[RL_VLEN];
+	struct kv_buf b = {0};
+	char k[32];
+	for (int i = 0; i < NK; i++) {
+		rl_value(v, i < 50 ? 1 : 0, i);
+		kname(k, sizeof k, i);
+		int rc = kv_engine_get(e, k, strlen(k), &b, NULL);
+		if (rc != 0 || b.len != RL_VLEN || memcmp(b.data, v, RL_VLEN) != 0)
+			fail_msg("%s: %s lost or wrong (rc %d)", when, k, rc);
+	}
+	kv_buf_free(&b);
+}
+
+/* 1 MiB/s over ~2.9 MiB read: at least ~2.7 s (a 100 ms burst and the
+ * last partial chunk go unpaced); asserted >= 2 s, and bounded. */
+static void test_rate_limit_slows_merge(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mrate");
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(dir);
+	rl_fill(e);
+	struct kv_stats st;
+	kv_engine_stats(e, &st);
+	double mib = (double)st.disk_bytes / (1 << 20);
+	kv_stats_free(&st);
+	logbuf[0] = 0;
+	struct kv_merge_params p = {1u << 20, NULL, NULL};
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(kv_engine_merge_start_with(e, &p), 0);
+	assert_non_null(strstr(logbuf, "rate limit 1 MiB/s"));
+	int rc;
+	while ((rc = kv_engine_merge_step(e, 1000)) > 0) {
+		struct timespec ts = {0, 2000000};
+		nanosleep(&ts, NULL);
+		if (secs_since(&t0) > 10)
+			fail_msg("a 1 MiB/s merge of %.1f MiB took over 10 s", mib);
+	}
+	double took = secs_since(&t0);
+	print_message("1 MiB/s merge of %.2f MiB on disk: %.2f s\n", mib, took);
+	assert_int_equal(rc, 0);
+	assert_true(mib > 2.5);
+	assert_true(took >= 2.0);
+	rl_check(e, "after a limited merge");
+	kv_engine_close(e);
+	e = open_eng(dir);
+	rl_check(e, "after a restart");
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
+static int init_fd = -1;
+static void child_init_mark(void *arg)
+{
+	if (write(init_fd, arg, 1) != 1)
+		_exit(5);
+}
+
+/* 0 = unlimited, the same with NULL parameters; child_init still runs. */
+static void test_rate_limit_zero_unlimited(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mrate0");
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(dir);
+	rl_fill(e);
+	int pfd[2];
+	assert_int_equal(pipe(pfd), 0);
+	init_fd = pfd[1];
+	logbuf[0] = 0;
+	struct kv_merge_params p = {0, child_init_mark, "x"};
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(run_merge_with(e, &p, NULL, NULL), 0);
+	print_message("unlimited merge: %.3f s\n", secs_since(&t0));
+	assert_non_null(strstr(logbuf, "no rate limit"));
+	char ch = 0;
+	assert_int_equal(read(pfd[0], &ch, 1), 1);
+	assert_int_equal(ch, 'x');
+	close(pfd[0]);
+	close(pfd[1]);
+	init_fd = -1;
+	rl_check(e, "after an unlimited merge");
+	/* again, with NULL parameters */
+	char k[32], v[RL_VLEN];
+	for (int i = 0; i < 50; i++) {
+		rl_value(v, 1, i);
+		kname(k, sizeof k, i);
+		assert_int_equal(kv_engine_put(e, k, strlen(k), v, RL_VLEN, 0), 0);
+	}
+	assert_int_equal(kv_engine_merge_start_with(e, NULL), 0);
+	while (kv_engine_merge_step(e, 1000) > 0) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+		if (secs_since(&t0) > 30)
+			fail_msg("merge did not finish within 30 s");
+	}
+	rl_check(e, "after a second unlimited merge");
+	struct kv_merge_info mi;
+	kv_engine_merge_info(e, &mi);
+	assert_int_equal(mi.merges, 2);
+	kv_engine_close(e);
+	e = open_eng(dir);
+	rl_check(e, "after a restart");
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
+/* pid has exited: gone, or a zombie its new parent has not reaped yet
+ * (kill(pid, 0) still succeeds on a zombie). */
+static int pid_dead(int pid)
+{
+	char path[64], buf[256];
+	snprintf(path, sizeof path, "/proc/%d/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 1;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	const char *p = strrchr(buf, ')'); /* "pid (comm) S ..." */
+	return !p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X';
+}
+
+/* kvd killed while its worker sleeps in the rate limit: the worker dies
+ * with it at once (PR_SET_PDEATHSIG), and nothing is lost. */
+static void test_rate_limited_worker_dies_with_kvd(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mratekill");
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(dir);
+	rl_fill(e);
+	kv_engine_close(e);
+	int pfd[2];
+	assert_int_equal(pipe(pfd), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(pfd[0]);
+		kv_engine *ce = open_eng(dir);
+		struct kv_merge_params p = {8u << 10, NULL, NULL}; /* 8 KiB/s: asleep */
+		if (kv_engine_merge_start_with(ce, &p) != 0)
+			_exit(3);
+		struct kv_merge_info mi;
+		kv_engine_merge_info(ce, &mi);
+		int wpid = mi.pid;
+		struct timespec ts = {0, 300000000};
+		nanosleep(&ts, NULL); /* the worker is in its first sleeps now */
+		if (write(pfd[1], &wpid, sizeof wpid) != sizeof wpid)
+			_exit(4);
+		raise(SIGKILL);
+	}
+	close(pfd[1]);
+	int wpid = 0;
+	assert_int_equal(read(pfd[0], &wpid, sizeof wpid), (ssize_t)sizeof wpid);
+	close(pfd[0]);
+	int status;
+	waitpid(pid, &status, 0);
+	assert_true(WIFSIGNALED(status));
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < 500 && !pid_dead(wpid); i++) {
+		struct timespec ts = {0, 10000000};
+		nanosleep(&ts, NULL);
+	}
+	assert_true(pid_dead(wpid));
+	print_message("throttled worker dead %.3f s after kvd\n", secs_since(&t0));
+	e = open_eng(dir);
+	rl_check(e, "after kvd was killed during a limited merge");
+	int tmp;
+	dir_bytes(dir, &tmp);
+	assert_int_equal(tmp, 0);
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
+/* kvd closing the report pipe wakes a throttled worker, which stops (its
+ * ERROR report meets the broken pipe: SIGPIPE) instead of sleeping on
+ * until its next report (at 8 KiB/s, over 10 s away). A forked process
+ * plays kvd, so the worker is its child. */
+static void test_rate_limited_worker_stops_on_broken_pipe(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mratepipe");
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(dir);
+	rl_fill(e);
+	kv_engine_close(e);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		kv_engine *ce = open_eng(dir);
+		struct kv_merge_params p = {8u << 10, NULL, NULL}; /* 8 KiB/s: asleep */
+		if (kv_engine_merge_start_with(ce, &p) != 0)
+			_exit(3);
+		struct kv_merge_info mi;
+		kv_engine_merge_info(ce, &mi);
+		struct timespec ts = {0, 300000000};
+		nanosleep(&ts, NULL); /* the worker is in its first sleeps now */
+		close(kv_engine_merge_fd(ce));
+		int st = 0;
+		for (int i = 0; i < 200; i++) { /* bounded: 2 s */
+			if (waitpid(mi.pid, &st, WNOHANG) == mi.pid)
+				_exit(WIFSIGNALED(st) && WTERMSIG(st) == SIGPIPE ? 0 : 5);
+			nanosleep(&(struct timespec){0, 10000000}, NULL);
+		}
+		kill(mi.pid, SIGKILL);
+		_exit(6); /* still asleep after 2 s */
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	e = open_eng(dir);
+	rl_check(e, "after a merge stopped by a broken pipe");
+	int tmp;
+	dir_bytes(dir, &tmp);
+	assert_int_equal(tmp, 0);
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -534,6 +811,10 @@ int main(void)
 		cmocka_unit_test(test_scan_during_merge),
 		cmocka_unit_test(test_worker_killed_at_every_point),
 		cmocka_unit_test(test_kvd_killed_mid_merge),
+		cmocka_unit_test(test_rate_limit_slows_merge),
+		cmocka_unit_test(test_rate_limit_zero_unlimited),
+		cmocka_unit_test(test_rate_limited_worker_dies_with_kvd),
+		cmocka_unit_test(test_rate_limited_worker_stops_on_broken_pipe),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -636,6 +636,8 @@ static void test_config_errors(void **state)
 	expect_exit(c, ratio, 2, "bad --merge-min-dead-ratio '1.5': want a ratio from 0 to 1");
 	const char *bytes[] = { "--merge-min-dead-bytes", "lots", NULL };
 	expect_exit(c, bytes, 2, "bad --merge-min-dead-bytes 'lots'");
+	const char *rate[] = { "--merge-rate-limit", "-1", NULL };
+	expect_exit(c, rate, 2, "bad --merge-rate-limit '-1': want MiB/s, 0..1048576 (0 = unlimited)");
 	const char *uids[] = { "--allow-gids", "no_such_group_kvd", NULL };
 	expect_exit(c, uids, 2, "no group named 'no_such_group_kvd'");
 }
@@ -662,6 +664,7 @@ static void test_config_file_and_flags(void **state)
 		 "merge-min-dead-ratio = 0.25\n"
 		 "merge-min-dead-bytes = 1G\n"
 		 "merge-check-interval-ms = 500\n"
+		 "merge-rate-limit = 7\n"
 		 "allow-uids = \n",
 		 data2, sock2);
 	conf_file(c, path, sizeof path, text);
@@ -682,6 +685,7 @@ static void test_config_file_and_flags(void **state)
 	snprintf(lockf, sizeof lockf, "%s/LOCK", data2);
 	assert_int_equal(stat(lockf, &st), 0);
 	assert_true(kvtd_wait_log(&c->d, "event loop started", 2000)); /* debug level */
+	assert_true(kvtd_wait_log(&c->d, "merge rate limit 7 MiB/s", 2000));
 	/* max-connections 7 from the file: fd + 6 more are served, then refused */
 	int refused = 0;
 	for (int i = 0; i < 7; i++) {
@@ -707,7 +711,7 @@ static void test_config_example(void **state)
 		"data-dir",	    "socket",		    "socket-mode",	    "sync",
 		"max-segment-size", "max-connections",	    "log-level",	    "repair",
 		"frame-timeout-ms", "write-timeout-ms",	    "merge-auto",	    "merge-min-dead-ratio",
-		"merge-min-dead-bytes", "merge-check-interval-ms", "allow-uids",	    "allow-gids",
+		"merge-min-dead-bytes", "merge-check-interval-ms", "merge-rate-limit", "allow-uids",	    "allow-gids",
 	};
 	struct ctx *c = *state;
 	assert_int_equal(kvtd_init(&c->d, "confex"), 0);
