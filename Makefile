@@ -147,7 +147,7 @@ test: deps-check
 	@$(MAKE) --no-print-directory build-all
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(TESTS) $(B)/torture
+test-run: $(TESTS) $(B)/torture $(B)/libfaultshim.so
 	@sh tests/check_layering.sh
 	@fail=0; for t in $(TESTS); do \
 		echo "== $$t"; \
@@ -166,6 +166,10 @@ torture: all $(B)/torture
 	KVD=$(B)/kvd POWERCUT_SHIM=$(B)/libpowercut.so $(B)/torture -p -n $(CYCLES)
 
 $(B)/libpowercut.so: tests/powercut.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Wall -Wextra -Werror -fPIC -shared -o $@ $< -ldl
+
+$(B)/libfaultshim.so: tests/faultshim.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Wall -Wextra -Werror -fPIC -shared -o $@ $< -ldl
 
@@ -206,7 +210,7 @@ bench-merge: all
 	KVD=$(B)/kvd KVCTL=$(B)/kvctl sh tests/bench/bench_merge.sh
 
 bench-sync: all $(B)/bench_sync
-	KVD=$(B)/kvd $(B)/bench_sync $(BENCH_ARGS)
+	KVD=$(B)/kvd KVCTL=$(B)/kvctl $(B)/bench_sync $(BENCH_ARGS)
 
 $(B)/bench_sync: tests/bench/bench_sync.c $(LIBA)
 	@mkdir -p $(@D)

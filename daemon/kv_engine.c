@@ -470,6 +470,63 @@ int kv_engine_sync(kv_engine *e)
 	return sync_active(e, 1);
 }
 
+int kv_engine_sync_begin(kv_engine *e, struct kv_sync_job *j)
+{
+	j->seg = 0;
+	j->dir = 0;
+	j->dirpath = e->dir;
+	int rc = kv_engine_flush(e);
+	if (rc)
+		return rc;
+	if (e->unsynced == 0 && !e->dir_dirty)
+		return 0;
+	j->seg = e->active->id;
+	j->dir = e->dir_dirty;
+	e->dir_dirty = 0;
+	e->unsynced = 0;
+	return 1;
+}
+
+int kv_engine_sync_run(struct kv_sync_fd *sf, const struct kv_sync_job *j)
+{
+	char path[PATH_MAX];
+	int rc;
+	if (sf->fd < 0 || sf->seg != j->seg) {
+		/* a descriptor of the thread's own: a rotation may close active_fd */
+		kv_engine_sync_fd_close(sf);
+		kv_seg_path(path, sizeof path, j->dirpath, j->seg, "seg");
+		int fd = kv_open(path, O_RDONLY, 0);
+		if (fd < 0)
+			return fd;
+		sf->fd = fd;
+		sf->seg = j->seg;
+	}
+	if ((rc = kv_fdatasync(sf->fd)) == 0 && j->dir)
+		rc = kv_fsync_dir(j->dirpath);
+	return rc;
+}
+
+void kv_engine_sync_fd_close(struct kv_sync_fd *sf)
+{
+	if (sf->fd >= 0)
+		kv_close(sf->fd);
+	sf->fd = -1;
+	sf->seg = 0;
+}
+
+int kv_engine_sync_end(kv_engine *e, const struct kv_sync_job *j, int rc)
+{
+	if (rc == -ENOENT && (!e->active || e->active->id != j->seg))
+		rc = 0; /* sealed (and fdatasync'ed) since, then merged away */
+	if (rc) {
+		kv_eng_fail(e, rc, j->dir ? "fdatasync of the active segment or the directory"
+					  : "fdatasync of the active segment");
+		return rc;
+	}
+	e->n_syncs++;
+	return e->failed || !e->active ? 0 : prealloc_ahead(e);
+}
+
 uint64_t kv_engine_unsynced(const kv_engine *e)
 {
 	return e->unsynced + (e->dir_dirty ? 1 : 0);

@@ -7,7 +7,8 @@
  * and a LOCK file. An in-memory keydir maps every live key to the location
  * of its newest record. See daemon/FORMAT.md for every byte on disk.
  *
- * Threading: an engine handle is used by one thread at a time.
+ * Threading: an engine handle is used by one thread at a time; only
+ * kv_engine_sync_run() may run in another thread meanwhile.
  *
  * Durability: put/delete/batch append to an in-memory tail buffer of the
  * active segment. kv_engine_flush() hands that buffer to the kernel with
@@ -143,6 +144,43 @@ int kv_engine_flush(kv_engine *e);
 int kv_engine_sync(kv_engine *e);
 /* Bytes appended since the last successful sync (0: nothing to sync). */
 uint64_t kv_engine_unsynced(const kv_engine *e);
+
+/*
+ * The same sync in three steps, so that the fdatasync can run in another
+ * thread while the engine's thread goes on executing requests (kvd's
+ * group commit, kv_syncer.h):
+ *   kv_engine_sync_begin()  engine's thread: flush, then describe in *j
+ *                           what must reach the disk for every write made
+ *                           so far. Returns 1 (a job), 0 (nothing is
+ *                           unsynced) or a negative code.
+ *   kv_engine_sync_run()    any one other thread: fdatasync j's segment
+ *                           (and fsync the directory when j->dir), through
+ *                           a descriptor cached in *sf, which that thread
+ *                           owns (kv_engine_sync_fd_close). Touches no
+ *                           engine state. 0 or a negative code.
+ *   kv_engine_sync_end()    engine's thread: rc is run's result. A failure
+ *                           makes the engine read-only (never retried) and
+ *                           is returned; -ENOENT for a segment that is no
+ *                           longer the active one is no failure (it was
+ *                           fdatasync'ed when sealed, then merged away).
+ * A run covers every write made before its job began. Rotations, other
+ * syncs and writes may happen while a job runs. *j is a plain value owned
+ * by the caller; j->dirpath is borrowed from e (valid until close).
+ */
+struct kv_sync_job {
+	uint32_t seg;        /* id of the active segment at begin */
+	int dir;             /* fsync the directory as well */
+	const char *dirpath; /* the data directory */
+};
+struct kv_sync_fd {
+	uint32_t seg;
+	int fd; /* -1: none */
+};
+#define KV_SYNC_FD_INIT { 0, -1 }
+int kv_engine_sync_begin(kv_engine *e, struct kv_sync_job *j);
+int kv_engine_sync_run(struct kv_sync_fd *sf, const struct kv_sync_job *j);
+void kv_engine_sync_fd_close(struct kv_sync_fd *sf);
+int kv_engine_sync_end(kv_engine *e, const struct kv_sync_job *j, int rc);
 
 /* Non-zero when an I/O error made the engine read-only; reason is a
  * static-lifetime string owned by e (valid until close). */

@@ -3,9 +3,10 @@
  * dispatch, group commit, timers and signals (interface in kv_server.h).
  *
  * Owns the event base, the listener (kv_listen), the jobs (kv_jobs: merge
- * scheduling and driving), a copy of the peer allow-list (kv_acl), every
- * struct kv_conn with its three evbuffers (in, out, held), the request
- * arena and the value buffer that kv_rpc uses. The engine is borrowed.
+ * scheduling and driving), the sync thread (kv_syncer), a copy of the
+ * peer allow-list (kv_acl), every struct kv_conn with its three evbuffers
+ * (in, out, held), the request arena and the value buffer that kv_rpc
+ * uses. The engine is borrowed.
  *
  * ONE PASS OF THE LOOP (kv_server_run)
  *   1. loop_once(): event_base_loop(EVLOOP_ONCE), whose read callbacks
@@ -19,12 +20,10 @@
  *      When an fdatasync is due, gather() runs up to GATHER_PASSES more
  *      non-blocking passes while they keep bringing requests, so that
  *      clients woken by the previous commit join this one.
- *   2. commit_step(): when anything is held, one kv_engine_flush() — in
- *      every mode, so an acknowledged write has reached the kernel — and
- *      one kv_engine_sync() (a single fdatasync for every write of the
- *      pass) when --sync always or a request asked for sync. Then held
- *      moves to out. If the flush or sync failed (the engine is read-only
- *      from then on) every held write reply is rewritten to UNAVAILABLE.
+ *   2. commit_step(): see GROUP COMMIT. Replies whose commit is done move
+ *      from held to out; if the flush or sync failed (the engine is
+ *      read-only from then on) every held write reply is rewritten to
+ *      UNAVAILABLE.
  *   3. flush_dirty(): one write() per connection that has new output.
  *   4. reap(): free the connections that died during the pass.
  *   The loop blocks only when nothing is held and nothing is dirty.
@@ -34,6 +33,26 @@
  *   postpone the commit (and every held reply) indefinitely. Returning from
  *   the loop after each batch of callbacks gives a commit point after every
  *   iteration, with no starvation and no extra event.
+ *
+ * GROUP COMMIT
+ *   The replies held in one pass form commit k (numbered 1, 2, 3 ...; each
+ *   held_rec carries the commit it waits for). commit_step() flushes the
+ *   tail buffer — in every mode, so an acknowledged write has reached the
+ *   kernel — and then:
+ *   - an fdatasync is due (--sync always, or a request asked) and more
+ *     than one client is connected: commit k goes to the sync thread
+ *     (kv_syncer), which runs fdatasyncs back to back, each covering every
+ *     commit handed over before it began. The loop goes on reading and
+ *     executing the next commit meanwhile; when a run ends (eventfd), the
+ *     replies of every commit it covered go out. So the disk is kept busy
+ *     and the next group gathers during the current fdatasync.
+ *   - due, with one client: fdatasync in the loop (that client cannot send
+ *     anything meanwhile; the thread would only add two wake-ups). Any
+ *     handed-over commit is waited for first (its job reset the engine's
+ *     unsynced count).
+ *   - not due: the replies go out once every earlier commit is released.
+ *   Released commits are a prefix: `released` only grows, and a reply
+ *   leaves before any later reply of its connection (invariant 1).
  *
  * CONNECTION STATES (struct kv_conn.state)
  *
@@ -70,8 +89,10 @@
  * INVARIANTS
  *  1. Replies leave a connection in request order: once one reply is
  *     held, every later one is held too until commit_step moves them all.
- *  2. A write's OK is never sent before the flush (and the sync, when one
- *     is due) that covers it succeeded.
+ *  2. A write's OK is never sent before the flush (and the fdatasync, when
+ *     one is due) that covers it succeeded; an fdatasync run by the sync
+ *     thread covers a commit only if it began after that commit was
+ *     flushed (kv_syncer.h).
  *  3. Memory per connection is bounded: input holds at most one frame
  *     (<= KV_FRAME_MAX) plus one read; frames are executed only while
  *     out+held < OUT_HIGH, so out+held stays below OUT_HIGH + one reply,
@@ -110,6 +131,7 @@
 #include "kv_log.h"
 #include "kv_rpc.h"
 #include "kv_sd.h"
+#include "kv_syncer.h"
 
 #define READ_CHUNK (64u * 1024u)          /* one read() normally */
 #define READ_MAX (4u * 1024u * 1024u)     /* per read callback, large frames */
@@ -127,6 +149,7 @@
 
 struct held_rec {
 	uint64_t id;
+	uint64_t commit;  /* the commit (group) this reply waits for */
 	uint32_t len;     /* bytes of the packed reply at this place in held */
 	uint8_t method;   /* enum kv_rpc_method, 0xff = none */
 	uint8_t failable; /* an OK that is only true if the commit succeeds */
@@ -183,6 +206,12 @@ struct kv_server {
 	struct conn_list conns;
 	size_t nstructs; /* connection structs allocated (open + dead) */
 	struct conn_vec hold, hold_spare, dirty, dirty_spare, dead, dead_spare, ready, ready_spare;
+	struct kv_syncer *syncer; /* the sync thread; NULL: fdatasync in the loop */
+	struct event *syncer_ev;  /* its eventfd: a run finished */
+	uint64_t commit_seq;      /* number of the group now being gathered */
+	uint64_t last_job;        /* highest commit handed to the sync thread */
+	uint64_t flushed;         /* highest commit flushed */
+	uint64_t released;        /* replies of commits <= this may go out */
 	int commit_needed;   /* something is held */
 	int sync_wanted;     /* a held request asked for fdatasync */
 	uint64_t unsynced_writes;
@@ -414,6 +443,7 @@ static int conn_put(struct kv_conn *c, const struct kv_reply *r, int method, int
 			c->caprecs = cap;
 		}
 		c->recs[c->nrecs++] = (struct held_rec){ .id = r->id,
+							 .commit = s->commit_seq,
 							 .len = (uint32_t)n,
 							 .method = (uint8_t)(method < 0 ? 0xff : method),
 							 .failable = (uint8_t)(failable ? 1 : 0) };
@@ -1003,14 +1033,18 @@ static int server_sync(struct kv_server *s)
 	return 0;
 }
 
-/* Move c's held replies to out; on a failed commit, rewrite the failable
- * ones to UNAVAILABLE with why (invariant 2). */
-static void conn_release(struct kv_conn *c, int failed, const char *why)
+/* Move the held replies of c's first n records to out; on a failed
+ * commit, rewrite the failable ones to UNAVAILABLE with why (invariant 2).
+ * Returns -1 when c died. */
+static int conn_release(struct kv_conn *c, size_t n, int failed, const char *why)
 {
 	if (!failed) {
-		evbuffer_add_buffer(c->out, c->held);
+		size_t len = 0;
+		for (size_t i = 0; i < n; i++)
+			len += c->recs[i].len;
+		evbuffer_remove_buffer(c->held, c->out, len);
 	} else {
-		for (size_t i = 0; i < c->nrecs; i++) {
+		for (size_t i = 0; i < n; i++) {
 			const struct held_rec *h = &c->recs[i];
 			if (!h->failable) {
 				evbuffer_remove_buffer(c->held, c->out, h->len);
@@ -1024,55 +1058,150 @@ static void conn_release(struct kv_conn *c, int failed, const char *why)
 					      .end_of_stream = 1 };
 			if (kv_frame_put_reply(c->out, &r) < 0) {
 				conn_kill(c, KV_LOG_WARN, "out of memory failing a write");
-				break;
+				return -1;
 			}
 		}
-		evbuffer_drain(c->held, evbuffer_get_length(c->held));
 	}
-	c->nrecs = 0;
-	c->holding = 0;
-	if (c->caprecs > HELD_RECS_KEEP) {
-		free(c->recs);
-		c->recs = NULL;
-		c->caprecs = 0;
+	c->nrecs -= n;
+	memmove(c->recs, c->recs + n, c->nrecs * sizeof *c->recs);
+	if (c->nrecs == 0) {
+		c->holding = 0;
+		if (c->caprecs > HELD_RECS_KEEP) {
+			free(c->recs);
+			c->recs = NULL;
+			c->caprecs = 0;
+		}
 	}
 	conn_mark_dirty(c);
+	return 0;
 }
 
-static void commit_step(struct kv_server *s)
+/* Release, on every holding connection, the replies of commits <= upto
+ * (all of them when failed). Connections left with nothing held go on
+ * executing the frames that waited behind their replies. */
+static void release_upto(struct kv_server *s, uint64_t upto, int failed, const char *why)
 {
-	if (!s->commit_needed)
-		return;
-	s->commit_needed = 0;
-	int want_sync = s->sync_wanted || s->cfg.sync_mode == KV_SYNC_ALWAYS;
-	s->sync_wanted = 0;
-	int rc = kv_engine_flush(s->engine);
-	if (rc == 0 && want_sync)
-		rc = server_sync(s);
-	/* A write held here was not acknowledged yet: if the engine turned
-	 * read-only meanwhile (e.g. a failed interval sync), it fails too. */
-	int failed = rc < 0 || kv_engine_readonly(s->engine);
-	char why[256] = "";
-	if (failed) {
-		log_io_error(s, rc);
-		const char *r = kv_engine_readonly_reason(s->engine);
-		snprintf(why, sizeof why, "read-only after I/O error: %s",
-			 r && *r ? r : kv_strerror(rc < 0 ? rc : KV_EREADONLY));
-	}
 	struct conn_vec work = s->hold;
 	s->hold = s->hold_spare;
 	for (size_t i = 0; i < work.n; i++) {
 		struct kv_conn *c = work.v[i];
 		c->in_hold = 0;
-		if (c->state != CONN_DEAD)
-			conn_release(c, failed, why);
+		if (c->state == CONN_DEAD)
+			continue;
+		size_t n = 0;
+		while (n < c->nrecs && (failed || c->recs[n].commit <= upto))
+			n++;
+		if (n > 0 && conn_release(c, n, failed, why) < 0)
+			continue;
+		if (c->nrecs > 0) {
+			c->in_hold = 1;
+			vec_push(&s->hold, c);
+		}
 	}
-	/* Connections that stopped behind held replies go on. */
 	for (size_t i = 0; i < work.n; i++)
-		if (work.v[i]->state == CONN_OPEN)
+		if (work.v[i]->state == CONN_OPEN && !work.v[i]->holding)
 			conn_pump(work.v[i]);
 	work.n = 0;
 	s->hold_spare = work;
+}
+
+/* Fail every held write: the engine is read-only from now on. */
+static void release_failed(struct kv_server *s, int rc)
+{
+	char why[256];
+	log_io_error(s, rc);
+	const char *r = kv_engine_readonly_reason(s->engine);
+	snprintf(why, sizeof why, "read-only after I/O error: %s",
+		 r && *r ? r : kv_strerror(rc < 0 ? rc : KV_EREADONLY));
+	s->released = s->commit_seq - 1;
+	release_upto(s, UINT64_MAX, 1, why);
+}
+
+/* Runs of the sync thread that finished (wait: block until all have). */
+static void collect_runs(struct kv_server *s, int wait)
+{
+	if (!s->syncer || s->last_job <= s->released)
+		return;
+	if (wait)
+		kv_syncer_wait(s->syncer);
+	uint64_t done, runs;
+	int rc;
+	struct kv_sync_job fj;
+	kv_syncer_collect(s->syncer, &done, &runs, &rc, &fj);
+	s->ctr.syncs += runs;
+	if (rc == 0 && runs == 0)
+		return;
+	if (rc)
+		rc = kv_engine_sync_end(s->engine, &fj, rc);
+	else
+		rc = kv_engine_sync_end(s->engine, &fj, 0);
+	/* A write held here was not acknowledged yet: if the engine turned
+	 * read-only meanwhile (e.g. a failed interval sync), it fails too. */
+	if (rc < 0 || kv_engine_readonly(s->engine)) {
+		release_failed(s, rc);
+		return;
+	}
+	if (done <= s->released)
+		return;
+	s->released = done;
+	/* groups flushed after the last job needed no fdatasync */
+	if (s->last_job <= done && s->flushed > s->released)
+		s->released = s->flushed;
+	release_upto(s, s->released, 0, NULL);
+}
+
+/*
+ * The commit point of a pass (GROUP COMMIT in the header comment).
+ * 1. Runs of the sync thread that finished release their commits.
+ * 2. If replies were held in this pass, they form commit k: flush, then
+ *    - an fdatasync is due and more than one client is connected: hand k
+ *      to the sync thread; its replies go out when a run covering k ends,
+ *      while the loop goes on gathering k+1;
+ *    - due, one client (or shutdown): fdatasync here (one client cannot
+ *      send more meanwhile; the thread would only add two wake-ups);
+ *    - not due: release k once every earlier commit is released.
+ */
+static void commit_step(struct kv_server *s, int wait)
+{
+	collect_runs(s, wait);
+	if (!s->commit_needed)
+		return;
+	s->commit_needed = 0;
+	uint64_t k = s->commit_seq++;
+	int want_sync = s->sync_wanted || s->cfg.sync_mode == KV_SYNC_ALWAYS;
+	s->sync_wanted = 0;
+	int threaded = want_sync && s->syncer && !wait && s->ctr.connections > 1;
+	int rc;
+	if (threaded) {
+		struct kv_sync_job j;
+		rc = kv_engine_sync_begin(s->engine, &j);
+		if (rc == 1) {
+			kv_syncer_submit(s->syncer, k, &j);
+			s->last_job = k;
+			s->flushed = k;
+			s->ctr.synced_writes += s->unsynced_writes;
+			s->unsynced_writes = 0;
+			return;
+		}
+		/* 0: nothing written since the last job (held reads): no sync */
+	} else {
+		/* A job handed over reset the engine's unsynced count: its run
+		 * must end before an fdatasync here may speak for its commits. */
+		if (want_sync && s->last_job > s->released)
+			collect_runs(s, 1);
+		rc = kv_engine_flush(s->engine);
+		if (rc == 0 && want_sync)
+			rc = server_sync(s);
+	}
+	if (rc < 0 || kv_engine_readonly(s->engine)) {
+		release_failed(s, rc);
+		return;
+	}
+	s->flushed = k;
+	/* an fdatasync here covers every commit before k too */
+	if ((want_sync && !threaded) || s->last_job <= s->released)
+		s->released = k;
+	release_upto(s, s->released, 0, NULL);
 }
 
 static void flush_dirty(struct kv_server *s)
@@ -1115,6 +1244,15 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	kv_jobs_poll(s->jobs);                /* its end, its pipe (kv_jobs inv. 3) */
 	struct timeval tv = ms_tv(more ? 10 : 1000);
 	event_add(s->tick_ev, &tv);
+}
+
+/* A run of the sync thread finished: the wake-up is the point;
+ * commit_step() collects it at the end of this pass. */
+static void syncer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
 }
 
 static void sync_cb(evutil_socket_t fd, short what, void *arg)
@@ -1361,6 +1499,16 @@ int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
 	if (cfg->sync_mode == KV_SYNC_INTERVAL &&
 	    !(s->sync_ev = event_new(s->base, -1, EV_PERSIST, sync_cb, s)))
 		goto fail_ev;
+	/* the sync thread; without it group commits fdatasync in the loop */
+	s->commit_seq = 1;
+	int src = kv_syncer_start(&s->syncer);
+	if (src < 0)
+		kv_log_warn("cannot start the sync thread (%s); group commits fdatasync in the event "
+			    "loop", strerror(-src));
+	else if (!(s->syncer_ev = event_new(s->base, kv_syncer_fd(s->syncer), EV_READ | EV_PERSIST,
+					    syncer_cb, s)) ||
+		 event_add(s->syncer_ev, NULL))
+		goto fail_ev;
 	if (cfg->watchdog_usec > 0) {
 		uint64_t half_ms = cfg->watchdog_usec / 2000u;
 		struct timeval wtv = ms_tv((unsigned)(half_ms < 1 ? 1 : half_ms > 3600000u ? 3600000u
@@ -1405,7 +1553,8 @@ fail:
 static int gather(struct kv_server *s)
 {
 	if (!s->commit_needed || s->stopping ||
-	    !(s->sync_wanted || s->cfg.sync_mode == KV_SYNC_ALWAYS))
+	    !(s->sync_wanted || s->cfg.sync_mode == KV_SYNC_ALWAYS) ||
+	    (s->syncer && s->ctr.connections > 1)) /* the sync thread gathers */
 		return 0;
 	for (int i = 0; i < GATHER_PASSES; i++) {
 		uint64_t before = s->ctr.requests;
@@ -1431,7 +1580,7 @@ int kv_server_run(struct kv_server *s)
 			rc = -EIO;
 			break;
 		}
-		commit_step(s);
+		commit_step(s, 0);
 		flush_dirty(s);
 		reap(s);
 		if (s->stopping && (TAILQ_EMPTY(&s->conns) || mono_ms() >= s->stop_deadline))
@@ -1440,8 +1589,9 @@ int kv_server_run(struct kv_server *s)
 	kv_jobs_shutdown(s->jobs); /* invariant 7 */
 	/* Last held replies (if the deadline cut the drain short they are lost
 	 * with their connection, and the client sees it closed, never an OK
-	 * for something that was not committed). */
-	commit_step(s);
+	 * for something that was not committed). Runs of the sync thread
+	 * are waited for; what is held after them is synced here. */
+	commit_step(s, 1);
 	flush_dirty(s);
 	struct kv_conn *c;
 	size_t left = 0;
@@ -1470,10 +1620,11 @@ void kv_server_free(struct kv_server *s)
 	kv_jobs_free(s->jobs);
 	struct event *evs[] = { s->listen_ev,	s->accept_retry_ev, s->tick_ev,	   s->sync_ev,
 				s->sweep_ev,	s->stop_ev,	    s->wd_ev,	   s->sig_ev[0],
-				s->sig_ev[1], s->sig_ev[2] };
+				s->sig_ev[1], s->sig_ev[2], s->syncer_ev };
 	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
 		if (evs[i])
 			event_free(evs[i]);
+	kv_syncer_stop(s->syncer); /* kv_server_run() left nothing handed over */
 	kv_listen_close(&s->lis);
 	kv_listen_remove(&s->lis);
 	kv_acl_free(&s->acl);

@@ -1217,6 +1217,102 @@ static void test_enospc_fail_stop(void **state)
 	assert_true(kvt_file_contains(c->d.log, "kvd is read-only until restart"));
 }
 
+/* The disk dies under group commit by the sync thread (several clients,
+ * --sync always; tests/faultshim.c fails every fdatasync after the 40th):
+ * no write whose fdatasync failed is acknowledged, kvd turns read-only and
+ * stays so, and every acknowledged write is there after a restart. */
+static void test_fdatasync_eio_sync_thread(void **state)
+{
+	struct ctx *c = *state;
+	char shim[PATH_MAX];
+	const char *kvd = kvt_kvd_path();
+	const char *slash = strrchr(kvd, '/');
+	snprintf(shim, sizeof shim, "%.*s/libfaultshim.so", slash ? (int)(slash - kvd) : 1,
+		 slash ? kvd : ".");
+	if (access(shim, R_OK) != 0) {
+		print_message("%s is missing (make test builds it): skipped\n", shim);
+		skip();
+	}
+	const char *asan = getenv("ASAN_OPTIONS");
+	char asan_opts[512];
+	snprintf(asan_opts, sizeof asan_opts, "%s%sverify_asan_link_order=0", asan ? asan : "",
+		 asan && *asan ? ":" : "");
+	char *asan_saved = asan ? strdup(asan) : NULL;
+	setenv("ASAN_OPTIONS", asan_opts, 1);
+	setenv("LD_PRELOAD", shim, 1);
+	setenv("KVT_FAIL_FDATASYNC_AFTER", "40", 1);
+	const char *extra[] = { "--sync", "always", NULL };
+	int rc = kvtd_start(&c->d, "fsynceio", extra);
+	unsetenv("LD_PRELOAD");
+	unsetenv("KVT_FAIL_FDATASYNC_AFTER");
+	if (asan_saved)
+		setenv("ASAN_OPTIONS", asan_saved, 1);
+	else
+		unsetenv("ASAN_OPTIONS");
+	free(asan_saved);
+	assert_int_equal(rc, 0);
+	enum { NC = 4, ROUNDS = 150 };
+	int fds[NC];
+	static uint8_t ok[NC][ROUNDS];
+	int failed_at[NC];
+	for (int i = 0; i < NC; i++) {
+		fds[i] = kvt_conn(&c->conns, c->d.sock);
+		failed_at[i] = -1;
+	}
+	char k[32], v[32], msg[256] = "";
+	int acked = 0, refused = 0;
+	for (int r = 0; r < ROUNDS; r++) {
+		for (int i = 0; i < NC; i++) { /* one put in flight per connection */
+			struct kvt_buf b = { 0 };
+			snprintf(k, sizeof k, "f/%d/%d", i, r);
+			snprintf(v, sizeof v, "v-%d-%d", i, r);
+			buf_put(&b, (uint64_t)r, k, strlen(k), v, strlen(v), 0, 0);
+			send_buf(fds[i], &b);
+		}
+		for (int i = 0; i < NC; i++) {
+			Kv__Envelope *e = recv_ok(fds[i]);
+			assert_int_equal(e->id, (uint64_t)r);
+			if (e->status_code == ST_OK) {
+				/* fail-stop: never an OK after a refusal */
+				assert_int_equal(failed_at[i], -1);
+				ok[i][r] = 1;
+				acked++;
+			} else {
+				assert_int_equal(e->status_code, ST_UNAVAILABLE);
+				if (failed_at[i] < 0)
+					failed_at[i] = r;
+				snprintf(msg, sizeof msg, "%s", e->status_message);
+				refused++;
+			}
+			kv__envelope__free_unpacked(e, NULL);
+		}
+	}
+	print_message("fdatasync EIO: %d puts acknowledged, %d refused (\"%s\")\n", acked, refused,
+		      msg);
+	assert_true(acked > 0 && refused > 0);
+	assert_non_null(strstr(msg, "read-only after I/O error"));
+	assert_non_null(strstr(msg, "fdatasync"));
+	Kv__StatsReply *st = stats(fds[0], 1000);
+	assert_true(st->read_only);
+	assert_true(st->syncs > 1);
+	kv__stats_reply__free_unpacked(st, NULL);
+	assert_true(kvt_file_contains(c->d.log, "kvd is read-only until restart"));
+	kvt_conns_close_all(&c->conns);
+	assert_int_equal(kvtd_stop(&c->d), 0);
+	/* the disk is back: every acknowledged write is there */
+	assert_int_equal(kvtd_start_again(&c->d, extra), 0);
+	int fd = kvt_conn(&c->conns, c->d.sock);
+	uint64_t id = 2000;
+	for (int i = 0; i < NC; i++)
+		for (int r = 0; r < ROUNDS; r++) {
+			if (!ok[i][r])
+				continue;
+			snprintf(k, sizeof k, "f/%d/%d", i, r);
+			snprintf(v, sizeof v, "v-%d-%d", i, r);
+			assert_get_eq(fd, id++, k, v, strlen(v));
+		}
+}
+
 /* A Scan of ~40 MiB is streamed as the client reads: while the client does
  * not read, kvd buffers only a slice (RSS stays flat) and serves others;
  * then every key arrives exactly once. */
@@ -1298,6 +1394,7 @@ int main(void)
 		T(test_sync_always_group_commit),
 		T(test_sync_interval),
 		T(test_enospc_fail_stop),
+		T(test_fdatasync_eio_sync_thread),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
