@@ -1072,6 +1072,13 @@ static void hint_job_end(kv_engine *e, int commit)
 static int hint_step(kv_engine *e, size_t budget)
 {
 	char path[PATH_MAX];
+	/* A running merge rewrites every segment sealed before it began, with
+	 * hint files of its own: a hint job for one of those would be thrown
+	 * away with it, and competes with clients for the loop meanwhile. So
+	 * hint jobs wait for the merge to end (a failed merge keeps its
+	 * inputs; they, and segments sealed since, get their hints then). */
+	if (!e->hseg && e->merge)
+		return 0;
 	if (!e->hseg) {
 		struct seg *s = NULL;
 		for (size_t i = 0; i < e->nsegs && !s; i++)

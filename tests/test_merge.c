@@ -543,6 +543,49 @@ static void test_nothing_to_merge(void **state)
 }
 
 
+/* Hint jobs wait while a merge runs: the segment sealed when the merge
+ * began is one of its inputs, so a hint file for it would be thrown away
+ * (and cost the loop meanwhile). */
+static char nohint_path[PATH_MAX];
+static void no_input_hint(kv_engine *e, int step)
+{
+	(void)step;
+	kv_engine_tick(e);
+	struct stat st;
+	assert_int_not_equal(stat(nohint_path, &st), 0);
+}
+
+static void test_no_hint_jobs_during_merge(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mnohint");
+	kv_engine *e = open_eng(dir);
+	char k[32], v[256];
+	for (int round = 0; round < 2; round++)
+		for (int i = 0; i < 200; i++) {
+			kname(k, sizeof k, i);
+			big_value_for(v, sizeof v, round, i);
+			assert_int_equal(kv_engine_put(e, k, strlen(k), v, strlen(v), 0), 0);
+		}
+	while (kv_engine_tick(e)) /* the hints of segments sealed so far */
+		;
+	struct kv_stats st;
+	assert_int_equal(kv_engine_stats(e, &st), 0);
+	uint32_t active = 0;
+	for (size_t i = 0; i < st.nsegs; i++)
+		if (st.seg[i].id > active)
+			active = st.seg[i].id;
+	kv_stats_free(&st);
+	snprintf(nohint_path, sizeof nohint_path, "%s/%010u.hint", dir, active);
+	int steps = 0;
+	assert_int_equal(run_merge(e, no_input_hint, &steps), 0);
+	print_message("%d merge steps with ticks, no hint job for input segment %u\n", steps,
+		      active);
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
 /* --- the rate limit ---------------------------------------------------------------- */
 
 #define RL_VLEN 3000 /* NK keys of 3,000 bytes: about 2.9 MiB live */
@@ -806,6 +849,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_nothing_to_merge),
+		cmocka_unit_test(test_no_hint_jobs_during_merge),
 		cmocka_unit_test(test_compaction_settles),
 		cmocka_unit_test(test_writes_racing_merge),
 		cmocka_unit_test(test_scan_during_merge),
