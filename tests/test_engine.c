@@ -543,8 +543,10 @@ static void test_torn_tail_every_offset_and_bit(void **state)
 
 /* --- preallocation (invariant 7 of kv_engine.c) --------------------------------------------- */
 
-/* Sum of the sizes of every segment but the newest; each must hold no
- * zeros past its last record, so a reopen cuts nothing. */
+/* A sync writes zeros ahead of the active segment; a crash leaves them
+ * and recovery cuts them as preallocated space (not a torn tail) with
+ * every record kept; a clean close cuts them; rotation never seals a
+ * segment with zeros in it, nor one past max_segment_size. */
 static void test_preallocation(void **state)
 {
 	(void)state;
