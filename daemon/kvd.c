@@ -714,7 +714,19 @@ int main(int argc, char **argv)
 	cfg->watchdog_usec = kv_sd_watchdog_usec();
 	cfg->reload = reload;
 	cfg->reload_arg = &k;
-	if ((rc = kv_server_create(cfg, engine, &srv, err, sizeof err)) < 0) {
+	/* The socket listens from inside kv_server_create(), before its
+	 * signal events exist: a SIGHUP sent as soon as a client can connect
+	 * would kill kvd (the default action). Blocked meanwhile, such a
+	 * signal waits and reaches the handlers. */
+	sigset_t early;
+	sigemptyset(&early);
+	sigaddset(&early, SIGHUP);
+	sigaddset(&early, SIGTERM);
+	sigaddset(&early, SIGINT);
+	sigprocmask(SIG_BLOCK, &early, NULL);
+	rc = kv_server_create(cfg, engine, &srv, err, sizeof err);
+	sigprocmask(SIG_UNBLOCK, &early, NULL);
+	if (rc < 0) {
 		kv_log_error("%s", err);
 		goto out;
 	}
