@@ -12,7 +12,9 @@
  * Journal lines: "C path" create, "W path off len", "T path len",
  * "S path" file synced, "D" directory synced, "R from to", "U path backup".
  * Only the calls kvd's engine makes are covered (open, write, pwrite,
- * ftruncate, fsync, fdatasync, rename, unlink, close).
+ * ftruncate, fsync, fdatasync, rename, unlink, close), from any thread:
+ * each descriptor is used by one thread, a journal line is one write()
+ * to an O_APPEND file, and path buffers are per thread.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -77,10 +79,14 @@ static void jlog(const char *fmt, ...)
 		real_write(jfd, line, (size_t)n);
 }
 
-/* The absolute path of p when it lies under root, else NULL (static buffer). */
+/* The absolute path of p when it lies under root, else NULL (a buffer of
+ * the calling thread's own: kvd's sync thread opens segment files while
+ * the event loop opens others; one shared buffer let one thread's file be
+ * journalled under the other's name, so its fdatasyncs went unseen and the
+ * harness reported acknowledged writes lost). */
 static const char *tracked(const char *p)
 {
-	static char abs[PATH_MAX * 2 + 2];
+	static __thread char abs[PATH_MAX * 2 + 2];
 	if (jfd < 0 || !p)
 		return NULL;
 	if (p[0] == '/') {
