@@ -512,7 +512,11 @@ static long long powercut(void)
 				discarded++;
 		}
 	}
-	unlink(journal);
+	/* kept until the next cut: when the check after this one fails, the
+	 * directory kept for inspection holds the journal that explains it */
+	char prev[sizeof journal + 8];
+	snprintf(prev, sizeof prev, "%s.prev", journal);
+	rename(journal, prev);
 	return discarded;
 }
 
