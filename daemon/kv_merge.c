@@ -577,6 +577,14 @@ int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *mp)
 		goto fail;
 	}
 	if (pid == 0) { /* the worker */
+		/* descriptors first: until they are closed, a kvd killed now
+		 * would leave its listener open in this child, and a restarted
+		 * kvd would find "another kvd" answering on its socket */
+		if (p[1] != 3) {
+			dup2(p[1], 3);
+			close(p[1]);
+		}
+		closefrom(4); /* listener, clients, LOCK, active segment, the read end */
 		/* quit with kvd: an orphaned worker must not write on */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() == 1)
@@ -596,11 +604,6 @@ int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *mp)
 		for (int sig = 1; sig < NSIG; sig++)
 			if (sig != SIGKILL && sig != SIGSTOP)
 				signal(sig, SIG_DFL);
-		if (p[1] != 3) {
-			dup2(p[1], 3);
-			close(p[1]);
-		}
-		closefrom(4); /* listener, clients, LOCK, active segment, the read end */
 		child_run(e, m, 3);
 	}
 	close(p[1]);
