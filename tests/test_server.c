@@ -15,6 +15,7 @@
 #include <sys/mount.h>
 
 #include "kv_test_daemon.h"
+#include "kvclient.h"
 
 #define ST_OK 0
 #define ST_INVALID_ARGUMENT 3
@@ -947,6 +948,36 @@ static void test_frame_timeout(void **state)
 	assert_true(kvt_file_contains(c->d.log, "frame not completed within 300 ms"));
 }
 
+/* libkvclient's blocking calls wait in recv() under SO_RCVTIMEO: a peer
+ * that accepts and never answers still times them out on time, also when
+ * the timeout changes between calls (shorter, then longer). */
+static void test_client_timeout(void **state)
+{
+	struct ctx *c = *state;
+	assert_int_equal(kvtd_init(&c->d2, "mute"), 0);
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(l >= 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	assert_true(strlen(c->d2.sock) < sizeof sa.sun_path);
+	memcpy(sa.sun_path, c->d2.sock, strlen(c->d2.sock) + 1);
+	assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(listen(l, 8), 0);
+	kvc_client *cl = NULL;
+	assert_int_equal(kvc_connect(c->d2.sock, 400, &cl, NULL, 0), KVC_OK);
+	const int tmo[3] = { 400, 150, 700 };
+	for (int i = 0; i < 3; i++) {
+		kvc_set_timeout(cl, tmo[i]);
+		uint64_t t0 = kvt_now_ms();
+		assert_int_equal(kvc_ping(cl, NULL), KVC_ETIMEOUT);
+		uint64_t dt = kvt_now_ms() - t0;
+		print_message("timeout %d ms: ping gave up after %llu ms\n", tmo[i],
+			      (unsigned long long)dt);
+		assert_true(dt + 5 >= (uint64_t)tmo[i] && dt < (uint64_t)tmo[i] + 1000);
+	}
+	kvc_close(cl);
+	close(l);
+}
+
 /* ---- start-up errors ------------------------------------------------------------------------------------- */
 
 static void test_second_daemon_socket(void **state)
@@ -1387,6 +1418,7 @@ int main(void)
 		T(test_slow_reader),
 		T(test_max_connections),
 		T(test_frame_timeout),
+		T(test_client_timeout),
 		T(test_second_daemon_socket),
 		T(test_second_daemon_datadir),
 		T(test_flags),
