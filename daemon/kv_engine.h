@@ -256,8 +256,9 @@ void kv_stats_free(struct kv_stats *st);
  * Merge (compaction) in a forked worker; see the state diagram in
  * daemon/kv_merge.c. kv_engine_merge_start() seals the active segment,
  * opens a new one above the ids reserved for the outputs, freezes the
- * keydir's resizing and forks. The child first closes every fd but the
- * report pipe, then runs child_init(arg), then resets signal handlers.
+ * keydir's resizing and forks. In the child, child_init(arg) runs first
+ * (the caller closes its own descriptors there); then the engine closes
+ * every fd but the report pipe and resets signal handlers.
  * Returns 0 (started), 1 (nothing to merge: no dead bytes), KV_EBUSY,
  * KV_EREADONLY or -errno.
  */
@@ -271,7 +272,7 @@ struct kv_merge_params {
 	 * ahead of that pace. Its writes are bounded too: it writes at most
 	 * what it read. 0 = unlimited. */
 	uint64_t rate_limit;
-	/* Runs early in the worker (the child process), with child_arg; see
+	/* Runs first in the worker (the child process), with child_arg; see
 	 * kv_engine_merge_start(). NULL = nothing. child_arg is borrowed. */
 	void (*child_init)(void *arg);
 	void *child_arg;

@@ -577,9 +577,12 @@ int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *mp)
 		goto fail;
 	}
 	if (pid == 0) { /* the worker */
-		/* descriptors first: until they are closed, a kvd killed now
+		/* the caller's hook (which may still use its descriptors), then
+		 * descriptors at once: until they are closed, a kvd killed now
 		 * would leave its listener open in this child, and a restarted
 		 * kvd would find "another kvd" answering on its socket */
+		if (mp->child_init)
+			mp->child_init(mp->child_arg);
 		if (p[1] != 3) {
 			dup2(p[1], 3);
 			close(p[1]);
@@ -596,8 +599,6 @@ int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *mp)
 		}
 		syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0,
 			(2 << 13) | 7 /* IOPRIO_CLASS_BE, level 7 */);
-		if (mp->child_init)
-			mp->child_init(mp->child_arg);
 		sigset_t all;
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);

@@ -18,8 +18,9 @@ trap cleanup EXIT
 ok() { echo "PASS: $1"; }
 bad() { echo "FAIL: $1"; fail=1; }
 
-SANARG=
-[ "$B" = build/san ] && SANARG="SAN=1"
+SANARG= HELLO_SAN=
+# under SAN=1 the installed library needs the sanitizer runtime first
+[ "$B" = build/san ] && SANARG="SAN=1" && HELLO_SAN="-fsanitize=address,undefined"
 make --no-print-directory -s install DESTDIR="$D" PREFIX=$P $SANARG >"$T/install.log" 2>&1 ||
 	{ cat "$T/install.log"; bad "make install"; exit 1; }
 for f in sbin/kvd bin/kvctl lib/libkvclient.so lib/libkvclient.so.1 lib/libkvclient.so.1.0.0 \
@@ -61,7 +62,7 @@ export PKG_CONFIG_PATH="$D$P/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$D"
 flags=$(pkg-config --cflags --libs kvclient) && ok "pkg-config --cflags --libs kvclient: $flags" ||
 	bad "pkg-config does not know kvclient"
 # shellcheck disable=SC2086
-if cc -o "$T/hello" "$T/hello.c" $flags; then ok "a program builds against the installed library"
+if cc $HELLO_SAN -o "$T/hello" "$T/hello.c" $flags; then ok "a program builds against the installed library"
 else bad "building against the installed library"; fi
 "$D$P/sbin/kvd" --data-dir "$T/data" --socket "$T/s.sock" --log-level warn 2>"$T/kvd.log" &
 KPID=$!
