@@ -771,6 +771,7 @@ static void print_stats_text(const struct kvc_stats *s)
 	S(sync_mode);
 	U(syncs);
 	U(synced_writes);
+	U(sync_time_us);
 	S(merge_state);
 	U(merges);
 	U(merge_last_ms);

@@ -448,6 +448,7 @@ static void rpc_stats(const struct kv_rpc_ctx *ctx, const Kv__StatsRequest *rq,
 	r->sync_mode = (char *)ctx->ctr->sync_mode;
 	r->syncs = ctx->ctr->syncs;
 	r->synced_writes = ctx->ctr->synced_writes;
+	r->sync_time_us = ctx->ctr->sync_ns / 1000u;
 	/* merge_reclaimed_bytes: the total since start (with merges, the
 	 * count); merge_last_ms: the duration of the last one. */
 	r->merge_state = (char *)(st.merge.state ? st.merge.state : "idle");

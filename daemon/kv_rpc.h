@@ -58,6 +58,7 @@ struct kv_rpc_counters {
 	uint64_t requests;      /* frames executed since start */
 	uint64_t syncs;         /* successful kv_engine_sync() with unsynced data */
 	uint64_t synced_writes; /* write requests covered by those syncs */
+	uint64_t sync_ns;       /* time spent in those syncs (loop and sync thread) */
 	const char *sync_mode;  /* "always", "interval:1000", "never" */
 };
 

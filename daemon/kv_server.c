@@ -229,6 +229,13 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static struct timeval ms_tv(unsigned ms)
 {
 	struct timeval tv = { (time_t)(ms / 1000u), (suseconds_t)((ms % 1000u) * 1000u) };
@@ -1022,9 +1029,12 @@ static void log_io_error(struct kv_server *s, int rc)
 static int server_sync(struct kv_server *s)
 {
 	uint64_t unsynced = kv_engine_unsynced(s->engine);
+	uint64_t t0 = unsynced ? mono_ns() : 0;
 	int rc = kv_engine_sync(s->engine);
 	if (rc < 0)
 		return rc;
+	if (unsynced)
+		s->ctr.sync_ns += mono_ns() - t0;
 	if (unsynced > 0 || s->unsynced_writes > 0) {
 		s->ctr.syncs++;
 		s->ctr.synced_writes += s->unsynced_writes;
@@ -1124,11 +1134,12 @@ static void collect_runs(struct kv_server *s, int wait)
 		return;
 	if (wait)
 		kv_syncer_wait(s->syncer);
-	uint64_t done, runs;
+	uint64_t done, runs, ns;
 	int rc;
 	struct kv_sync_job fj;
-	kv_syncer_collect(s->syncer, &done, &runs, &rc, &fj);
+	kv_syncer_collect(s->syncer, &done, &runs, &ns, &rc, &fj);
 	s->ctr.syncs += runs;
+	s->ctr.sync_ns += ns;
 	if (rc == 0 && runs == 0)
 		return;
 	if (rc)

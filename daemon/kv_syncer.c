@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 struct kv_syncer {
@@ -26,12 +27,20 @@ struct kv_syncer {
 	uint64_t running;       /* commit whose run is in progress, 0 = none */
 	uint64_t done;          /* invariant 2 */
 	uint64_t runs;          /* runs since the last collect */
+	uint64_t run_ns;        /* their duration */
 	int rc;                 /* first failure since the last collect (inv. 3) */
 	struct kv_sync_job failed_job;
 	int stop;
 	int efd;
 	struct kv_sync_fd sf; /* the thread's own */
 };
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void *syncer_main(void *arg)
 {
@@ -47,8 +56,11 @@ static void *syncer_main(void *arg)
 		sy->pending = 0;
 		sy->running = k;
 		pthread_mutex_unlock(&sy->mu);
+		uint64_t t0 = mono_ns();
 		int rc = kv_engine_sync_run(&sy->sf, &j);
+		uint64_t dt = mono_ns() - t0;
 		pthread_mutex_lock(&sy->mu);
+		sy->run_ns += dt;
 		sy->running = 0;
 		sy->done = k;
 		sy->runs++;
@@ -117,19 +129,21 @@ void kv_syncer_submit(struct kv_syncer *sy, uint64_t commit, const struct kv_syn
 	pthread_mutex_unlock(&sy->mu);
 }
 
-void kv_syncer_collect(struct kv_syncer *sy, uint64_t *done, uint64_t *runs, int *rc,
-		       struct kv_sync_job *failed_job)
+void kv_syncer_collect(struct kv_syncer *sy, uint64_t *done, uint64_t *runs, uint64_t *ns,
+		       int *rc, struct kv_sync_job *failed_job)
 {
 	uint64_t v;
 	pthread_mutex_lock(&sy->mu);
 	(void)!read(sy->efd, &v, sizeof v); /* reset the counter; EAGAIN is fine */
 	*done = sy->done;
 	*runs = sy->runs;
+	*ns = sy->run_ns;
 	*rc = sy->rc;
 	if (sy->rc && failed_job)
 		*failed_job = sy->failed_job;
 	sy->rc = 0;
 	sy->runs = 0;
+	sy->run_ns = 0;
 	pthread_mutex_unlock(&sy->mu);
 }
 

@@ -46,11 +46,11 @@ int kv_syncer_fd(const struct kv_syncer *sy);
 void kv_syncer_submit(struct kv_syncer *sy, uint64_t commit, const struct kv_sync_job *j);
 
 /* Never blocks. *done: the highest commit made durable or failed (inv. 2);
- * *runs: fdatasyncs finished since the last call; *rc: 0 or the failure
- * (inv. 3) with *failed_job the job whose run failed; both reset. Resets
- * the eventfd. */
-void kv_syncer_collect(struct kv_syncer *sy, uint64_t *done, uint64_t *runs, int *rc,
-		       struct kv_sync_job *failed_job);
+ * *runs: fdatasyncs finished since the last call and *ns the time they
+ * took; *rc: 0 or the failure (inv. 3) with *failed_job the job whose run
+ * failed; all reset. Resets the eventfd. */
+void kv_syncer_collect(struct kv_syncer *sy, uint64_t *done, uint64_t *runs, uint64_t *ns,
+		       int *rc, struct kv_sync_job *failed_job);
 
 /* Block until every commit handed over has finished. */
 void kv_syncer_wait(struct kv_syncer *sy);

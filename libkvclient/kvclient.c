@@ -1219,6 +1219,7 @@ KVC_API int kvc_stats(kvc_client *c, struct kvc_stats **out)
 	s->read_only = r->read_only;
 	s->syncs = r->syncs;
 	s->synced_writes = r->synced_writes;
+	s->sync_time_us = r->sync_time_us;
 	s->merges = r->merges;
 	s->merge_last_ms = r->merge_last_ms;
 	s->merge_reclaimed_bytes = r->merge_reclaimed_bytes;

@@ -228,6 +228,7 @@ struct kvc_stats {
 	uint64_t merge_reclaimed_bytes;
 	struct kvc_segment_stats *segment; /* nsegment entries, owned by the struct */
 	size_t nsegment;
+	uint64_t sync_time_us; /* time kvd spent in those syncs */
 };
 /* On KVC_OK *out is owned by the caller, freed with kvc_stats_free();
  * NULL on failure. */

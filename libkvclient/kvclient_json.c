@@ -174,6 +174,7 @@ KVC_API int kvc_stats_json(const struct kvc_stats *s, char **json, size_t *len)
 	sb_str(&b, "sync_mode", s->sync_mode);
 	sb_u64(&b, "syncs", s->syncs);
 	sb_u64(&b, "synced_writes", s->synced_writes);
+	sb_u64(&b, "sync_time_us", s->sync_time_us);
 	sb_str(&b, "merge_state", s->merge_state);
 	sb_u64(&b, "merges", s->merges);
 	sb_u64(&b, "merge_last_ms", s->merge_last_ms);

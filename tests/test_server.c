@@ -1148,6 +1148,12 @@ static void test_sync_always_group_commit(void **state)
 	assert_int_equal(writes, C * R);
 	assert_true(syncs > 0);
 	assert_true(syncs < writes);
+	/* time in fdatasync: counted, and no more than the wall time (a
+	 * second sync thread would be a bug) */
+	uint64_t sync_us = s3->sync_time_us - s2->sync_time_us;
+	print_message("%.1f us per fdatasync\n", (double)sync_us / (double)syncs);
+	assert_true(sync_us > 0);
+	assert_true(sync_us <= (s3->uptime_ms - s2->uptime_ms + 10) * 1000u);
 	kv__stats_reply__free_unpacked(s1, NULL);
 	kv__stats_reply__free_unpacked(s2, NULL);
 	kv__stats_reply__free_unpacked(s3, NULL);

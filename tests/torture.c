@@ -137,8 +137,15 @@ static int wait_ready(pid_t pid)
 	uint64_t t0 = now_ms();
 	while (now_ms() - t0 < 15000) {
 		int st;
-		if (waitpid(pid, &st, WNOHANG) == pid)
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			if (WIFSIGNALED(st))
+				fprintf(stderr, "torture: kvd died of signal %d while starting\n",
+					WTERMSIG(st));
+			else
+				fprintf(stderr, "torture: kvd exited with %d while starting\n",
+					WEXITSTATUS(st));
 			return -1;
+		}
 		kvc_client *c = NULL;
 		if (kvc_connect(sock, 1000, &c, NULL, 0) == KVC_OK) {
 			int rc = kvc_ping(c, NULL);
@@ -148,6 +155,7 @@ static int wait_ready(pid_t pid)
 		}
 		sleep_ms(5);
 	}
+	fprintf(stderr, "torture: kvd did not answer a ping within 15 s of its start\n");
 	return -1;
 }
 
