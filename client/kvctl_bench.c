@@ -4,9 +4,7 @@
  *
  * Model: C connections spread round-robin over T threads (default 1, see
  * DEFAULT_THREADS); each thread multiplexes its connections with epoll and
- * only non-blocking calls (kvc_pipe_send, kvc_pipe_next(.., 0)), except a
- * thread with a single connection, which makes blocking calls instead
- * (kvc_pipe_next waits in recv(): two system calls per round, not three). Like
+ * only non-blocking calls (kvc_pipe_send, kvc_pipe_next(.., 0)). Like
  * redis-benchmark, a connection writes a round of P requests at once and
  * writes the next round when every reply of the round is in; a reply's
  * latency is from the write of its round to the moment it was parsed.
@@ -171,7 +169,6 @@ struct bthread {
 	struct bench *b;
 	pthread_t tid;
 	int started;
-	int blocking; /* one connection: blocking calls, no epoll (see thread_main) */
 	int epfd;
 	struct bconn **conns;
 	size_t nconn;
@@ -339,21 +336,13 @@ static int conn_round(struct bconn *bc)
 		conn_fail(bc, rc, kvc_last_error(bc->c));
 		return 0;
 	}
-	if (t->blocking) {
-		if (rc == KVC_ETIMEOUT && (rc = kvc_pipe_flush(bc->c)) != KVC_OK) {
-			conn_fail(bc, rc, kvc_last_error(bc->c));
-			return 0;
-		}
-		return 1;
-	}
 	int want_out = rc == KVC_ETIMEOUT;
 	if ((!bc->registered || bc->want_out != want_out) && conn_events(bc, want_out) < 0)
 		conn_fail(bc, KVC_ECLOSED, strerror(errno));
 	return !bc->dead;
 }
 
-/* Collect the replies that have arrived; or, for a blocking thread, wait
- * for every reply of the round (up to the client's timeout, -t). */
+/* Collect the replies that have arrived. */
 static void conn_collect(struct bconn *bc)
 {
 	struct bthread *t = bc->t;
@@ -361,14 +350,7 @@ static void conn_collect(struct bconn *bc)
 	uint64_t got = 0;
 	while (bc->inflight) {
 		struct kvc_reply r;
-		int rc = kvc_pipe_next(bc->c, &r, t->blocking ? -1 : 0);
-		if (rc == KVC_ETIMEOUT && t->blocking) {
-			char m[96];
-			snprintf(m, sizeof m, "no reply within %d ms (change the timeout with -t)",
-				 b->k->timeout_ms);
-			conn_fail(bc, rc, m);
-			break;
-		}
+		int rc = kvc_pipe_next(bc->c, &r, 0);
 		if (rc == KVC_ETIMEOUT)
 			break;
 		if (rc != KVC_OK) {
@@ -427,14 +409,6 @@ static void *thread_main(void *arg)
 			bc->quota = 0;
 		}
 		busy += (size_t)conn_round(bc);
-	}
-	/* One connection: wait in libkvclient's blocking recv() (send + recv
-	 * per round) instead of epoll_wait (epoll_wait + recv + send). */
-	while (busy && t->blocking) {
-		struct bconn *bc = t->conns[0];
-		conn_collect(bc);
-		if (bc->dead || !conn_round(bc))
-			busy = 0;
 	}
 	while (busy) {
 		int n = epoll_wait(t->epfd, evs, EV_BATCH, 100);
@@ -987,8 +961,6 @@ static int bench_setup(struct bench *b)
 			return KX_FAIL;
 		}
 	}
-	for (unsigned i = 0; i < b->threads; i++)
-		b->th[i].blocking = b->th[i].nconn == 1;
 	/* One blocking call checks that kvd serves us (and names its mode). */
 	struct kvc_stats *st = NULL;
 	int rc = kvc_stats(b->conns[0].c, &st);

@@ -27,12 +27,6 @@
  *     every later call fails with KVC_ECLOSED.
  *  5. Blocking calls start only when quser == 0, so the one live entry of a
  *     blocking call is always the newest (the tail of q).
- *  6. The socket is in blocking mode and every send() and recv() passes
- *     MSG_DONTWAIT, except the one recv() of io_run() that waits for a
- *     reply: it blocks for at most rcvtimeo_ms (the socket's SO_RCVTIMEO),
- *     which is never above the time left to the call's deadline. Waiting
- *     in recv() instead of poll() + recv() saves a system call per round
- *     trip of a blocking call.
  *
  * kvc_stats_json() lives in kvclient_json.c (pure formatting).
  *
@@ -47,7 +41,6 @@
 
 #include <assert.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdalign.h>
@@ -218,7 +211,6 @@ struct pend {
 struct kvc_client {
 	int fd;
 	int timeout_ms;
-	int rcvtimeo_ms; /* the socket's SO_RCVTIMEO now, 0 = none (invariant 6) */
 	int closed;      /* 0, or the status that closed the client (invariant 4) */
 	int wr_closed;   /* kvd stopped reading (EPIPE): output dropped, read on */
 	int rd_eof;      /* kvd closed its side: nothing more will arrive */
@@ -453,12 +445,6 @@ KVC_API int kvc_connect(const char *socket_path, int timeout_ms, kvc_client **ou
 	c->rx.cap = c->tx.cap = ARENA_INIT;
 	c->rx_alloc = (ProtobufCAllocator){ arena_alloc, arena_free, &c->rx };
 	c->tx_alloc = (ProtobufCAllocator){ arena_alloc, arena_free, &c->tx };
-	/* invariant 6: the socket blocks; each call says whether it waits */
-	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
-		rc = connect_fail(err, errlen, socket_path, errno, NULL);
-		goto out;
-	}
 	c->fd = fd;
 	fd = -1;
 	c->timeout_ms = timeout_ms;
@@ -613,9 +599,7 @@ static int do_write(kvc_client *c)
 /* Read what is available. KVC_OK (rd_eof may now be set) or a death. */
 static int frame_ready(kvc_client *c);
 
-/* Read what has arrived. wait: the first recv() blocks until data comes
- * or the socket's SO_RCVTIMEO passes (see io_run). */
-static int do_read(kvc_client *c, int wait)
+static int do_read(kvc_client *c)
 {
 	size_t got = 0;
 	while (got < READ_ROUND_MAX) {
@@ -630,8 +614,7 @@ static int do_read(kvc_client *c, int wait)
 		if (buf_reserve(&c->in, want) < 0)
 			return die(c, KVC_ENOMEM, "out of memory reading a reply from kvd");
 		size_t space = c->in.cap - c->in.len;
-		ssize_t n = recv(c->fd, c->in.p + c->in.len, space, wait ? 0 : MSG_DONTWAIT);
-		wait = 0;
+		ssize_t n = recv(c->fd, c->in.p + c->in.len, space, MSG_DONTWAIT);
 		if (n > 0) {
 			c->in.len += (size_t)n;
 			got += (size_t)n;
@@ -644,7 +627,7 @@ static int do_read(kvc_client *c, int wait)
 			break;
 		}
 		if (errno == EINTR)
-			break; /* io_run's loop checks the deadline and calls again */
+			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
 			break;
 		if (errno == ECONNRESET) {
@@ -673,24 +656,6 @@ static int frame_ready(kvc_client *c)
 }
 
 enum { WANT_FLUSH, WANT_FRAME };
-
-/* Make the socket's receive timeout fit a wait of tmo ms (-1 = forever):
- * never longer than tmo, and not much shorter (a wait cut short only
- * costs one more round of io_run). Changes it only when it does not fit,
- * so a client with a fixed timeout sets it once. 1 when it fits, 0 when
- * setsockopt() failed (the caller then polls). */
-static int rcvtimeo_fits(kvc_client *c, int tmo)
-{
-	int cur = c->rcvtimeo_ms;
-	if (tmo < 0 ? cur == 0 : (cur > 0 && cur <= tmo && cur >= tmo / 2))
-		return 1;
-	int want = tmo < 0 ? 0 : tmo;
-	struct timeval tv = { want / 1000, (want % 1000) * 1000 };
-	if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
-		return 0;
-	c->rcvtimeo_ms = want;
-	return 1;
-}
 
 /*
  * Drive the socket until the goal holds: WANT_FLUSH = out is empty,
@@ -741,15 +706,6 @@ static int io_run(kvc_client *c, int64_t deadline, int want)
 			p.events |= POLLIN;
 		if (pending_out)
 			p.events |= POLLOUT;
-		if (want == WANT_FRAME && !pending_out && !c->rd_eof && tmo != 0 &&
-		    rcvtimeo_fits(c, tmo)) {
-			/* invariant 6: wait in recv() itself */
-			polled = 1;
-			int rc = do_read(c, 1);
-			if (rc)
-				return rc;
-			continue;
-		}
 		int n;
 		if (tmo == 0 && !polled) {
 			/* Zero timeout (kvc_pipe_next(c, r, 0) in an event loop): the
@@ -770,7 +726,7 @@ static int io_run(kvc_client *c, int64_t deadline, int want)
 		if (n == 0)
 			continue; /* the deadline check above reports it */
 		if ((p.revents & (POLLIN | POLLHUP | POLLERR)) && !c->rd_eof) {
-			int rc = do_read(c, 0);
+			int rc = do_read(c);
 			if (rc)
 				return rc;
 		}

@@ -135,9 +135,7 @@ KVC_API void kvc_free(void *p);
 
 /* --- blocking calls ------------------------------------------------------
  * Each sends one request and waits (up to the timeout) for its reply. They
- * return KVC_EUSAGE when pipelined replies are still to be collected. The
- * wait is a recv() on the socket (with SO_RCVTIMEO as the timeout), so a
- * call costs two system calls when kvd answers promptly. */
+ * return KVC_EUSAGE when pipelined replies are still to be collected. */
 
 struct kvc_ping_info {
 	char version[32];   /* kvd's version, NUL-terminated (truncated if longer) */

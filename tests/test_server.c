@@ -948,9 +948,9 @@ static void test_frame_timeout(void **state)
 	assert_true(kvt_file_contains(c->d.log, "frame not completed within 300 ms"));
 }
 
-/* libkvclient's blocking calls wait in recv() under SO_RCVTIMEO: a peer
- * that accepts and never answers still times them out on time, also when
- * the timeout changes between calls (shorter, then longer). */
+/* libkvclient's blocking calls: a peer that accepts and never answers
+ * times them out on time, also when the timeout changes between calls
+ * (shorter, then longer). */
 static void test_client_timeout(void **state)
 {
 	struct ctx *c = *state;
