@@ -276,7 +276,15 @@ struct kv_merge_params {
 	 * kv_engine_merge_start(). NULL = nothing. child_arg is borrowed. */
 	void (*child_init)(void *arg);
 	void *child_arg;
+	/* The worker's CPU priority. KV_MERGE_CPU_LOW (0): nice 10, so it
+	 * competes with clients at a tenth of their weight. KV_MERGE_CPU_IDLE:
+	 * SCHED_IDLE, so it runs only on CPU time nothing else wants and every
+	 * client wake-up preempts it; under a load that keeps every core
+	 * busy it can take much longer (it still gets a sliver). Both use the
+	 * lowest best-effort I/O priority. */
+	int cpu;
 };
+enum { KV_MERGE_CPU_LOW = 0, KV_MERGE_CPU_IDLE = 1 };
 
 /* kv_engine_merge_start() with parameters; p is borrowed for the call
  * (the worker keeps its own copy). NULL p = all zero. Same returns: 0

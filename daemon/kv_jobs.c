@@ -93,6 +93,7 @@ void kv_jobs_config_init(struct kv_jobs_config *c)
 	c->merge_min_dead_bytes = 128ull << 20;
 	c->merge_check_interval_ms = 10000;
 	c->merge_rate_limit_mib = KV_MERGE_RATE_LIMIT_DEFAULT_MIB;
+	c->merge_cpu = KV_MERGE_CPU_IDLE;
 }
 
 /* STATUS= for systemd: the number of keys is the one figure people want. */
@@ -151,7 +152,8 @@ static int start(struct kv_jobs *j, uint64_t t, const char *why, struct kv_merge
 	struct kv_merge_info mi;
 	kv_engine_merge_info(j->engine, &mi);
 	memset(o, 0, sizeof *o);
-	struct kv_merge_params mp = {(uint64_t)j->cfg.merge_rate_limit_mib << 20, NULL, NULL};
+	struct kv_merge_params mp = {(uint64_t)j->cfg.merge_rate_limit_mib << 20, NULL, NULL,
+				     j->cfg.merge_cpu};
 	int rc = kv_engine_merge_start_with(j->engine, &mp);
 	if (rc == 1) {
 		o->rc = 1;

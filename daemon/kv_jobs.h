@@ -40,10 +40,12 @@ struct kv_jobs_config {
 	unsigned merge_rate_limit_mib;    /* MiB/s a merge worker may read from its
 	                                     inputs; 0 = unlimited. A change
 	                                     applies from the next merge. */
+	int merge_cpu;                    /* KV_MERGE_CPU_IDLE or _LOW (kv_engine.h);
+	                                     from the next merge */
 };
 
 /* Defaults: auto yes, ratio 0.4, 128 MiB, every 10 s, rate limit
- * KV_MERGE_RATE_LIMIT_DEFAULT_MIB. */
+ * KV_MERGE_RATE_LIMIT_DEFAULT_MIB, CPU priority KV_MERGE_CPU_IDLE. */
 void kv_jobs_config_init(struct kv_jobs_config *c);
 
 /* How one merge (one ticket) ended. */

@@ -37,8 +37,9 @@
  *     were renamed but not reported are removed, so a later merge cannot
  *     drop a tombstone that such a file's copy would outlive.
  *
- * Pace: besides running at nice 10 and the lowest best-effort I/O
- * priority, the worker may be given a rate limit (kv_merge_params, kvd's
+ * Pace: besides running at a low CPU priority (SCHED_IDLE or nice 10,
+ * kv_merge_params.cpu) and the lowest best-effort I/O priority, the
+ * worker may be given a rate limit (kv_merge_params, kvd's
  * merge-rate-limit): a token bucket over the bytes it reads from its
  * inputs, checked every THR_CHUNK bytes, sleeping while it is ahead of
  * schedule (struct throttle below). A slower merge leaves clients more
@@ -56,6 +57,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +100,7 @@ struct kv_merge {
 	size_t len, cap, pos;
 	struct timespec t0;
 	uint64_t rate_limit; /* bytes/s the worker reads, 0 = unlimited */
+	int cpu;             /* KV_MERGE_CPU_LOW or _IDLE (kv_merge_params) */
 };
 
 /* ======================= the worker (child process) ======================= */
@@ -519,7 +522,7 @@ int kv_engine_merge_wanted(const kv_engine *e, double min_dead_ratio, uint64_t m
 
 int kv_engine_merge_start(kv_engine *e, void (*child_init)(void *arg), void *arg)
 {
-	struct kv_merge_params p = {0, child_init, arg};
+	struct kv_merge_params p = {0, child_init, arg, KV_MERGE_CPU_LOW};
 	return kv_engine_merge_start_with(e, &p);
 }
 
@@ -543,6 +546,7 @@ int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *mp)
 		return -ENOMEM;
 	m->fd = -1;
 	m->rate_limit = mp->rate_limit;
+	m->cpu = mp->cpu;
 	clock_gettime(CLOCK_MONOTONIC, &m->t0);
 	/* inputs: every segment, the active one included once sealed */
 	m->in = calloc(e->nsegs, sizeof *m->in);
@@ -593,9 +597,14 @@ int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *mp)
 		if (getppid() == 1)
 			_exit(1);
 		/* clients first: the worker yields the CPU and the disk to kvd
-		 * (nice 10, lowest best-effort I/O priority) */
-		if (setpriority(PRIO_PROCESS, 0, 10) != 0) {
-			/* not fatal: the merge just competes harder */
+		 * (SCHED_IDLE or nice 10; lowest best-effort I/O priority).
+		 * Neither can fail for lack of privilege (both only lower the
+		 * priority); a failure is not fatal: the merge competes harder. */
+		if (m->cpu == KV_MERGE_CPU_IDLE) {
+			struct sched_param sp = {0};
+			(void)sched_setscheduler(0, SCHED_IDLE, &sp);
+		} else {
+			(void)setpriority(PRIO_PROCESS, 0, 10);
 		}
 		syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0,
 			(2 << 13) | 7 /* IOPRIO_CLASS_BE, level 7 */);

@@ -81,6 +81,8 @@ static const char usage_text[] =
 	"  --merge-check-interval-ms MS  how often to check (default 10000)\n"
 	"  --merge-rate-limit MIB    MiB/s a merge may read; 0 = unlimited (default "
 	STR(KV_MERGE_RATE_LIMIT_DEFAULT_MIB) ")\n"
+	"  --merge-priority idle|low the merge worker's CPU priority: SCHED_IDLE or\n"
+	"                            nice 10 (default idle)\n"
 	"  --allow-uids LIST         only these uids/users may connect (comma-separated;\n"
 	"                            default: anyone the socket mode lets in)\n"
 	"  --allow-gids LIST         ... or members of these gids/groups\n"
@@ -110,6 +112,7 @@ enum key_id {
 	K_MERGE_BYTES,
 	K_MERGE_INTERVAL,
 	K_MERGE_RATE,
+	K_MERGE_PRIO,
 	K_ALLOW_UIDS,
 	K_ALLOW_GIDS,
 	NKEYS
@@ -135,6 +138,7 @@ static const struct key {
 	[K_MERGE_BYTES] = { "merge-min-dead-bytes", 1, 0 },
 	[K_MERGE_INTERVAL] = { "merge-check-interval-ms", 1, 0 },
 	[K_MERGE_RATE] = { "merge-rate-limit", 1, 0 },
+	[K_MERGE_PRIO] = { "merge-priority", 1, 0 },
 	[K_ALLOW_UIDS] = { "allow-uids", 1, 0 },
 	[K_ALLOW_GIDS] = { "allow-gids", 1, 0 },
 };
@@ -377,6 +381,16 @@ static int set_key(struct conf *c, int k, const char *v, char *why, size_t n)
 		}
 		c->srv.merge.merge_rate_limit_mib = (unsigned)ul;
 		return 0;
+	case K_MERGE_PRIO:
+		if (strcmp(v, "idle") == 0) {
+			c->srv.merge.merge_cpu = KV_MERGE_CPU_IDLE;
+		} else if (strcmp(v, "low") == 0) {
+			c->srv.merge.merge_cpu = KV_MERGE_CPU_LOW;
+		} else {
+			snprintf(why, n, "want idle or low");
+			return -1;
+		}
+		return 0;
 	case K_ALLOW_UIDS:
 	case K_ALLOW_GIDS: {
 		char e[200];
@@ -453,6 +467,9 @@ static void show_key(const struct conf *c, int k, char *buf, size_t n)
 		return;
 	case K_MERGE_RATE:
 		snprintf(buf, n, "%u", s->merge.merge_rate_limit_mib);
+		return;
+	case K_MERGE_PRIO:
+		snprintf(buf, n, "%s", s->merge.merge_cpu == KV_MERGE_CPU_IDLE ? "idle" : "low");
 		return;
 	case K_ALLOW_UIDS:
 		snprintf(buf, n, "%s", c->allow_uids);
@@ -741,11 +758,12 @@ int main(int argc, char **argv)
 		else
 			snprintf(rate, sizeof rate, "unlimited");
 		kv_log_info("kvd %s serving %s on %s (%llu keys in %llu segments, sync %s, merge "
-			    "rate limit %s%s)",
+			    "rate limit %s, merge priority %s%s)",
 			    KV_VERSION_STRING, c->data_dir,
 			    nfds > 0 ? "the socket passed by systemd (fd 3)" : cfg->socket_path,
 			    (unsigned long long)st.keys, (unsigned long long)st.segments, sync,
-			    rate, c->opt.repair ? ", repair" : "");
+			    rate, cfg->merge.merge_cpu == KV_MERGE_CPU_IDLE ? "idle" : "low",
+			    c->opt.repair ? ", repair" : "");
 		kv_sd_notifyf("READY=1\nSTATUS=serving %llu keys", (unsigned long long)st.keys);
 		kv_stats_free(&st);
 	} else {

@@ -6,7 +6,8 @@
  * killed mid-merge: each time the store must equal a reference model, with
  * no temp files left and no space counted twice. Also the worker's rate
  * limit (kv_merge_params): a limited merge takes at least about data /
- * limit, 0 means unlimited, and a throttled worker still dies with kvd.
+ * limit, 0 means unlimited, and a throttled worker still dies with kvd;
+ * and its CPU priority (SCHED_IDLE or nice 10).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,7 +23,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -845,6 +848,50 @@ static void test_rate_limited_worker_stops_on_broken_pipe(void **state)
 	free(dir);
 }
 
+/* The worker's CPU priority (kv_merge_params.cpu): SCHED_IDLE, or nice 10
+ * above ours under SCHED_OTHER. A throttled worker lives long enough to
+ * look at; closing the engine kills it, and nothing is lost. */
+static void test_worker_cpu_priority(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mprio");
+	fake_now = 1700000000;
+	errno = 0;
+	int own = getpriority(PRIO_PROCESS, 0);
+	assert_int_equal(errno, 0);
+	for (int cpu = KV_MERGE_CPU_LOW; cpu <= KV_MERGE_CPU_IDLE; cpu++) {
+		kv_engine *e = open_eng(dir);
+		rl_fill(e);
+		struct kv_merge_params p = {8u << 10, NULL, NULL, cpu}; /* 8 KiB/s: asleep */
+		assert_int_equal(kv_engine_merge_start_with(e, &p), 0);
+		struct kv_merge_info mi;
+		kv_engine_merge_info(e, &mi);
+		assert_true(mi.pid > 0);
+		int want = cpu == KV_MERGE_CPU_IDLE ? SCHED_IDLE : SCHED_OTHER;
+		int want_nice = cpu == KV_MERGE_CPU_IDLE ? own : (own + 10 > 19 ? 19 : own + 10);
+		int policy = -1, nice = -100;
+		/* the worker sets it right after the fork: bounded wait, 2 s */
+		for (int i = 0; i < 200; i++) {
+			policy = sched_getscheduler(mi.pid);
+			errno = 0;
+			nice = getpriority(PRIO_PROCESS, (id_t)mi.pid);
+			if (policy == want && nice == want_nice)
+				break;
+			nanosleep(&(struct timespec){0, 10000000}, NULL);
+		}
+		print_message("cpu %s: worker policy %d (want %d), nice %d (want %d)\n",
+			      cpu == KV_MERGE_CPU_IDLE ? "idle" : "low", policy, want, nice, want_nice);
+		assert_int_equal(policy, want);
+		assert_int_equal(nice, want_nice);
+		kv_engine_close(e); /* kills the worker */
+		e = open_eng(dir);
+		rl_check(e, "after a merge abandoned at close");
+		kv_engine_close(e);
+	}
+	kvt_rmrf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -859,6 +906,7 @@ int main(void)
 		cmocka_unit_test(test_rate_limit_zero_unlimited),
 		cmocka_unit_test(test_rate_limited_worker_dies_with_kvd),
 		cmocka_unit_test(test_rate_limited_worker_stops_on_broken_pipe),
+		cmocka_unit_test(test_worker_cpu_priority),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -526,6 +526,7 @@ static void test_merge_auto(void **state)
 		kvt_sleep_ms(20);
 	assert_true(stat_merges(fd) >= 1);
 	assert_true(kvtd_wait_log(&c->d, "(automatic: ", 1000));
+	assert_true(kvt_file_contains(c->d.log, "merge priority idle")); /* the default */
 	check_all(fd, 2000, 2);
 
 	const char *off[] = { "--max-segment-size", "64K", "--merge-check-interval-ms", "50",
@@ -638,6 +639,8 @@ static void test_config_errors(void **state)
 	expect_exit(c, bytes, 2, "bad --merge-min-dead-bytes 'lots'");
 	const char *rate[] = { "--merge-rate-limit", "-1", NULL };
 	expect_exit(c, rate, 2, "bad --merge-rate-limit '-1': want MiB/s, 0..1048576 (0 = unlimited)");
+	const char *prio[] = { "--merge-priority", "high", NULL };
+	expect_exit(c, prio, 2, "bad --merge-priority 'high': want idle or low");
 	const char *uids[] = { "--allow-gids", "no_such_group_kvd", NULL };
 	expect_exit(c, uids, 2, "no group named 'no_such_group_kvd'");
 }
@@ -665,6 +668,7 @@ static void test_config_file_and_flags(void **state)
 		 "merge-min-dead-bytes = 1G\n"
 		 "merge-check-interval-ms = 500\n"
 		 "merge-rate-limit = 7\n"
+		 "merge-priority = low\n"
 		 "allow-uids = \n",
 		 data2, sock2);
 	conf_file(c, path, sizeof path, text);
@@ -685,7 +689,7 @@ static void test_config_file_and_flags(void **state)
 	snprintf(lockf, sizeof lockf, "%s/LOCK", data2);
 	assert_int_equal(stat(lockf, &st), 0);
 	assert_true(kvtd_wait_log(&c->d, "event loop started", 2000)); /* debug level */
-	assert_true(kvtd_wait_log(&c->d, "merge rate limit 7 MiB/s", 2000));
+	assert_true(kvtd_wait_log(&c->d, "merge rate limit 7 MiB/s, merge priority low", 2000));
 	/* max-connections 7 from the file: fd + 6 more are served, then refused */
 	int refused = 0;
 	for (int i = 0; i < 7; i++) {
@@ -711,7 +715,7 @@ static void test_config_example(void **state)
 		"data-dir",	    "socket",		    "socket-mode",	    "sync",
 		"max-segment-size", "max-connections",	    "log-level",	    "repair",
 		"frame-timeout-ms", "write-timeout-ms",	    "merge-auto",	    "merge-min-dead-ratio",
-		"merge-min-dead-bytes", "merge-check-interval-ms", "merge-rate-limit", "allow-uids",	    "allow-gids",
+		"merge-min-dead-bytes", "merge-check-interval-ms", "merge-rate-limit", "merge-priority", "allow-uids",	    "allow-gids",
 	};
 	struct ctx *c = *state;
 	assert_int_equal(kvtd_init(&c->d, "confex"), 0);
@@ -768,11 +772,13 @@ static void test_sighup_reload(void **state)
 	assert_false(kvt_file_contains(c->d.log, "accepted (fd"));
 
 	conf_file(c, path, sizeof path,
-		  "log-level = debug\nmerge-auto = yes\nsync = always\nmax-connections = 50\n");
+		  "log-level = debug\nmerge-auto = yes\nsync = always\nmax-connections = 50\n"
+		  "merge-priority = low\n");
 	kill(c->d.pid, SIGHUP);
 	assert_true(kvtd_wait_log(&c->d, "SIGHUP: reloaded", 5000));
 	assert_true(kvt_file_contains(c->d.log, "SIGHUP: log-level: 'info' -> 'debug'"));
 	assert_true(kvt_file_contains(c->d.log, "SIGHUP: merge-auto: 'no' -> 'yes'"));
+	assert_true(kvt_file_contains(c->d.log, "SIGHUP: merge-priority: 'idle' -> 'low'"));
 	assert_true(kvt_file_contains(c->d.log,
 				      "SIGHUP: sync: 'interval:1000' -> 'always' needs a restart"));
 	assert_false(kvt_file_contains(c->d.log, "max-connections:")); /* the flag wins */
