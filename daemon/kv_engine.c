@@ -66,8 +66,8 @@
 #define FLUSH_AT (1u << 20)      /* write the tail buffer out past 1 MiB */
 #define WBUF_KEEP (8u << 20)     /* shrink an idle tail buffer above this */
 #define WRITEBACK_AT (8u << 20)  /* start writeback of the active segment every 8 MiB */
-#define HINT_SLICE (512u << 10)  /* segment bytes a hint job reads per tick */
-#define WARM_SLICE (1u << 20)    /* mapped data bytes warm_step() makes resident per tick */
+#define HINT_SLICE (64u << 10)   /* segment bytes a hint job reads per tick */
+#define WARM_SLICE (64u << 10)   /* mapped data bytes warm_step() makes resident per tick */
 #define PREALLOC_CHUNK (1u << 20) /* zeros written ahead of the active segment's end */
 
 /* --- small helpers -------------------------------------------------------------------- */
