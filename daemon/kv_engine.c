@@ -4,7 +4,8 @@
  * Owns: the LOCK fd, the active segment's fd and tail buffer, the table of
  * segments (sealed ones mapped read-only — at open, then on demand — at
  * most max_mapped_segments at a time; kv_engine_tick() warms the mappings
- * up a slice at a time, warm_step), and the keydir.
+ * up a slice at a time, warm_step), the keydir, and the reaper thread
+ * that frees the files of removed segments (invariant 8).
  *
  * Invariants (asserts refer to them by number):
  *  1. The keydir points at the newest committed record of every live key;
@@ -25,6 +26,13 @@
  *     record); a sealed segment holds none: kv_eng_rotate() and
  *     kv_engine_close() cut them before the fdatasync that seals it, and
  *     recovery cuts a leftover zero tail of the newest segment.
+ *  8. A removed segment (a merge input, an empty segment at open) leaves
+ *     the store by a rename of its files to NNNNNNNNNN.dseg / .dhint, in
+ *     the order removals happen; recovery never reads those names, only
+ *     finishes their removal. The blocks are freed by the reaper thread
+ *     (reaper_main), never by the loop: with `discard` on ext4 one unlink
+ *     of a 256 MiB file took 107 ms here, and freeing 256 KiB per tick
+ *     in the loop still cost 0.5-1.5 ms a tick (up to 100 ms).
  *
  * PREALLOCATION (invariant 7). An fdatasync of a file that grew must also
  * write its inode (ext4 without a journal: one more synchronous I/O); one
@@ -53,6 +61,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +77,7 @@
 #define WRITEBACK_AT (8u << 20)  /* start writeback of the active segment every 8 MiB */
 #define HINT_SLICE (64u << 10)   /* segment bytes a hint job reads per tick */
 #define WARM_SLICE (64u << 10)   /* mapped data bytes warm_step() makes resident per tick */
+#define REAP_SLICE (8u << 20)    /* bytes of a removed file the reaper frees per ftruncate */
 #define PREALLOC_CHUNK (1u << 20) /* zeros written ahead of the active segment's end */
 
 /* --- small helpers -------------------------------------------------------------------- */
@@ -1176,6 +1186,127 @@ static int warm_step(kv_engine *e, size_t budget)
 	return 0;
 }
 
+/* Free one removed file's blocks from the end, REAP_SLICE at a time, then
+ * unlink it. Runs in the reaper thread, so it calls the system directly,
+ * not through the kv_sys seam (whose fault injection belongs to the loop's
+ * durable writes): nothing here is needed for durability, a failure
+ * leaves a file that the next open queues again. */
+static void reap_file(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		struct stat st;
+		if (fstat(fd, &st) == 0)
+			for (off_t sz = st.st_size; sz > 0;) {
+				sz = sz > (off_t)REAP_SLICE ? sz - (off_t)REAP_SLICE : 0;
+				if (ftruncate(fd, sz) != 0)
+					break;
+			}
+		close(fd);
+	}
+	unlink(path);
+}
+
+static void *reaper_main(void *arg)
+{
+	kv_engine *e = arg;
+	pthread_mutex_lock(&e->reap_mu);
+	for (;;) {
+		while (!e->reap_stop && e->nreap == 0)
+			pthread_cond_wait(&e->reap_cv, &e->reap_mu);
+		if (e->reap_stop)
+			break;
+		char *p = e->reap[0];
+		memmove(&e->reap[0], &e->reap[1], (e->nreap - 1) * sizeof *e->reap);
+		e->nreap--;
+		e->reap_busy = 1;
+		pthread_mutex_unlock(&e->reap_mu);
+		reap_file(p);
+		free(p);
+		pthread_mutex_lock(&e->reap_mu);
+		e->reap_busy = 0;
+	}
+	pthread_mutex_unlock(&e->reap_mu);
+	return NULL;
+}
+
+/* Queue a renamed file for the reaper thread (started on first use, with
+ * every signal blocked); path is copied. Without memory or a thread the
+ * file is unlinked here at once, the old, slower way. Loop thread only. */
+static void reap_push(kv_engine *e, const char *path)
+{
+	char *p = strdup(path);
+	int queued = 0;
+	if (!p)
+		goto out;
+	if (!e->reaper_on) {
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		e->reaper_on = pthread_create(&e->reaper, NULL, reaper_main, e) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (!e->reaper_on)
+			goto out;
+	}
+	pthread_mutex_lock(&e->reap_mu);
+	if (e->nreap == e->capreap) {
+		size_t nc = e->capreap ? e->capreap * 2 : 16;
+		char **na = realloc(e->reap, nc * sizeof *na);
+		if (na) {
+			e->reap = na;
+			e->capreap = nc;
+		}
+	}
+	if (e->nreap < e->capreap) {
+		e->reap[e->nreap++] = p;
+		queued = 1;
+		pthread_cond_signal(&e->reap_cv);
+	}
+	pthread_mutex_unlock(&e->reap_mu);
+out:
+	if (!queued) {
+		kv_unlink(path);
+		free(p);
+	}
+}
+
+/* Remove a file of the store (invariant 8): rename it to `to` and queue
+ * it for the reaper; if the rename fails, unlink it at once. */
+static void retire_file(kv_engine *e, const char *from, const char *to)
+{
+	if (kv_rename(from, to) == 0)
+		reap_push(e, to);
+	else
+		kv_unlink(from);
+}
+
+/* Stop the reaper: it finishes the file in hand (one unlink's time at
+ * most); the queued ones stay on disk for the next open. */
+static void reaper_stop(kv_engine *e)
+{
+	if (e->reaper_on) {
+		pthread_mutex_lock(&e->reap_mu);
+		e->reap_stop = 1;
+		pthread_cond_signal(&e->reap_cv);
+		pthread_mutex_unlock(&e->reap_mu);
+		pthread_join(e->reaper, NULL);
+		e->reaper_on = 0;
+	}
+	for (size_t i = 0; i < e->nreap; i++)
+		free(e->reap[i]);
+	free(e->reap);
+	e->reap = NULL;
+	e->nreap = e->capreap = 0;
+}
+
+int kv_engine_reap_pending(kv_engine *e)
+{
+	pthread_mutex_lock(&e->reap_mu);
+	int n = (int)e->nreap + e->reap_busy;
+	pthread_mutex_unlock(&e->reap_mu);
+	return n;
+}
+
 int kv_engine_tick(kv_engine *e)
 {
 	int more = kv_keydir_step(e->kd, 4096);
@@ -1435,6 +1566,12 @@ static int scan_dir(kv_engine *e, uint32_t **ids_out, size_t *n_out, uint32_t **
 			arr = &hints;
 			cnt = &nh;
 			cp = &caph;
+		} else if (strcmp(ext, "dseg") == 0 || strcmp(ext, "dhint") == 0) {
+			/* removed before a stop or crash (invariant 8): never read */
+			snprintf(path, sizeof path, "%s/%s", e->dir, name);
+			kv_eng_log(e, KV_LOG_INFO, "finishing the removal of %s", path);
+			reap_push(e, path);
+			continue;
 		} else {
 			continue;
 		}
@@ -1536,6 +1673,9 @@ static void free_engine(kv_engine *e)
 	if (e->lock_fd >= 0)
 		kv_close(e->lock_fd);
 	kv_keydir_free(e->kd);
+	reaper_stop(e);
+	pthread_cond_destroy(&e->reap_cv);
+	pthread_mutex_destroy(&e->reap_mu);
 	free(e->wbuf);
 	free(e->dir);
 	free(e);
@@ -1551,10 +1691,13 @@ void kv_eng_seg_remove(kv_engine *e, struct seg *s)
 	if (e->hseg == s)
 		hint_job_end(e, 0);
 	kv_eng_seg_unmap(e, s);
+	char to[PATH_MAX];
 	kv_seg_path(path, sizeof path, e->dir, s->id, "hint");
-	kv_unlink(path);
+	kv_seg_path(to, sizeof to, e->dir, s->id, "dhint");
+	retire_file(e, path, to);
 	kv_seg_path(path, sizeof path, e->dir, s->id, "seg");
-	kv_unlink(path);
+	kv_seg_path(to, sizeof to, e->dir, s->id, "dseg");
+	retire_file(e, path, to);
 	memmove(&e->segs[idx], &e->segs[idx + 1], (e->nsegs - idx - 1) * sizeof *e->segs);
 	e->nsegs--;
 	free(s);
@@ -1572,6 +1715,8 @@ int kv_engine_open(const char *dir, const struct kv_options *opt, kv_engine **ou
 		return -ENOMEM;
 	e->lock_fd = -1;
 	e->active_fd = -1;
+	pthread_mutex_init(&e->reap_mu, NULL);
+	pthread_cond_init(&e->reap_cv, NULL);
 	if (opt)
 		e->opt = *opt;
 	else

@@ -308,4 +308,10 @@ int kv_engine_merge_wanted(const kv_engine *e, double min_dead_ratio, uint64_t m
  * Returns non-zero while more work remains. */
 int kv_engine_tick(kv_engine *e);
 
+/* Removed segment and hint files (.dseg/.dhint) that the reaper thread
+ * has not finished freeing yet: queued plus the one in hand. Removal needs
+ * no call: a merge or an open queues them, kv_engine_close() stops the
+ * thread and leaves the rest for the next open. */
+int kv_engine_reap_pending(kv_engine *e);
+
 #endif /* KV_ENGINE_H */

@@ -9,6 +9,7 @@
 #include "kv_keydir.h"
 #include "kv_seg.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -71,6 +72,16 @@ struct kv_engine {
 	size_t hlen;
 	uint64_t hoff;
 	struct kv_hint_writer hw;
+
+	/* files of removed segments, renamed to .dseg/.dhint (invariant 8 of
+	 * kv_engine.c), queued for the reaper thread that frees their blocks
+	 * and unlinks them; the queue and reap_stop are under reap_mu */
+	pthread_mutex_t reap_mu;
+	pthread_cond_t reap_cv;
+	pthread_t reaper;
+	int reaper_on, reap_stop, reap_busy;
+	char **reap;
+	size_t nreap, capreap;
 
 	struct kv_merge *merge; /* the running merge job, or NULL (kv_merge.c) */
 	struct kv_merge_info minfo;
