@@ -68,7 +68,9 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1210,6 +1212,9 @@ static void reap_file(const char *path)
 static void *reaper_main(void *arg)
 {
 	kv_engine *e = arg;
+	/* housekeeping yields the CPU to the loop, as the merge worker does;
+	 * on Linux nice is per thread. Failure only means it competes more. */
+	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 	pthread_mutex_lock(&e->reap_mu);
 	for (;;) {
 		while (!e->reap_stop && e->nreap == 0)

@@ -563,6 +563,34 @@ static void test_kvd_killed_mid_merge(void **state)
 	free(base);
 }
 
+/* Threads of this process running at the given nice value. */
+static int threads_at_nice(int nice)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *de;
+	int n = 0;
+	assert_non_null(d);
+	while ((de = readdir(d)) != NULL) {
+		char path[300], buf[1024];
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof path, "/proc/self/task/%s/stat", de->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		size_t len = fread(buf, 1, sizeof buf - 1, f);
+		fclose(f);
+		buf[len] = 0;
+		char *p = strrchr(buf, ')'); /* fields after the command name */
+		long v = 0;
+		if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
+				   "%*d %ld", &v) == 1 && v == nice)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
 /* Merge inputs leave by a rename to .dseg/.dhint, and a thread frees
  * their blocks (kv_engine.c invariant 8). Those files are never read
  * again: a store reopened with one left behind (a stop or crash before the
@@ -596,6 +624,7 @@ static void test_removed_files_never_read(void **state)
 	int nseg = count_suffix(dir, ".seg");
 	assert_int_equal(run_merge(e, NULL, NULL), 0);
 	int ms = reap_all(e, dir); /* every input renamed, then freed */
+	assert_int_equal(threads_at_nice(19), 1); /* the reaper yields to the loop */
 	print_message("%d segments merged; their files freed %d ms after the merge\n", nseg, ms);
 	assert_false(kvt_file_size(path) >= 0); /* segment 1 is gone */
 	m_check(e, "after the merge and the reaping");
