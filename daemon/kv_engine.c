@@ -1193,17 +1193,22 @@ static int warm_step(kv_engine *e, size_t budget)
  * not through the kv_sys seam (whose fault injection belongs to the loop's
  * durable writes): nothing here is needed for durability, a failure
  * leaves a file that the next open queues again. */
-static void reap_file(const char *path)
+static void reap_file(kv_engine *e, const char *path)
 {
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd >= 0) {
 		struct stat st;
-		if (fstat(fd, &st) == 0)
-			for (off_t sz = st.st_size; sz > 0;) {
-				sz = sz > (off_t)REAP_SLICE ? sz - (off_t)REAP_SLICE : 0;
-				if (ftruncate(fd, sz) != 0)
-					break;
+		off_t sz = fstat(fd, &st) == 0 ? st.st_size : 0;
+		while (sz > 0) {
+			/* a stop leaves the rest for the next open, at once */
+			if (__atomic_load_n(&e->reap_stop, __ATOMIC_RELAXED)) {
+				close(fd);
+				return;
 			}
+			sz = sz > (off_t)REAP_SLICE ? sz - (off_t)REAP_SLICE : 0;
+			if (ftruncate(fd, sz) != 0)
+				break;
+		}
 		close(fd);
 	}
 	unlink(path);
@@ -1226,7 +1231,7 @@ static void *reaper_main(void *arg)
 		e->nreap--;
 		e->reap_busy = 1;
 		pthread_mutex_unlock(&e->reap_mu);
-		reap_file(p);
+		reap_file(e, p);
 		free(p);
 		pthread_mutex_lock(&e->reap_mu);
 		e->reap_busy = 0;
@@ -1285,13 +1290,14 @@ static void retire_file(kv_engine *e, const char *from, const char *to)
 		kv_unlink(from);
 }
 
-/* Stop the reaper: it finishes the file in hand (one unlink's time at
- * most); the queued ones stay on disk for the next open. */
+/* Stop the reaper: it stops after the ftruncate in hand (one 8 MiB
+ * slice); the file in hand and the queued ones stay on disk for the next
+ * open. */
 static void reaper_stop(kv_engine *e)
 {
 	if (e->reaper_on) {
 		pthread_mutex_lock(&e->reap_mu);
-		e->reap_stop = 1;
+		__atomic_store_n(&e->reap_stop, 1, __ATOMIC_RELAXED);
 		pthread_cond_signal(&e->reap_cv);
 		pthread_mutex_unlock(&e->reap_mu);
 		pthread_join(e->reaper, NULL);
