@@ -82,11 +82,19 @@ struct kv_engine {
 	int reaper_on, reap_stop, reap_busy;
 	char **reap;
 	size_t nreap, capreap;
+	/* renamed, but the directory not fsynced since: not yet the reaper's
+	 * (kv_eng_reap_release()); loop thread only */
+	char **retired;
+	size_t nretired, capretired;
 
 	struct kv_merge *merge; /* the running merge job, or NULL (kv_merge.c) */
 	struct kv_merge_info minfo;
 };
 
+
+/* The data directory was just fsynced: the files renamed to .dseg/.dhint
+ * before it may now be freed (their renames are durable first). */
+void kv_eng_reap_release(kv_engine *e);
 
 __attribute__((format(printf, 3, 4))) void kv_eng_log(kv_engine *e, int level, const char *fmt,
 							...);

@@ -783,7 +783,8 @@ static int delete_inputs(kv_engine *e, struct kv_merge *m, unsigned max)
 		n++;
 	}
 	if (n) {
-		kv_fsync_dir(e->dir);
+		if (kv_fsync_dir(e->dir) == 0)
+			kv_eng_reap_release(e); /* the renames are durable */
 		e->dir_dirty = 0;
 	}
 	if (m->del_next < m->nin)
