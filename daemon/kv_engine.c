@@ -1242,6 +1242,21 @@ static void *reaper_main(void *arg)
 	return NULL;
 }
 
+/* Room for one more entry in a list of paths of n entries: grows it
+ * (doubling, from 16) when full. 1, or 0 when out of memory. */
+static int path_list_room(char ***list, size_t n, size_t *cap)
+{
+	if (n < *cap)
+		return 1;
+	size_t nc = *cap ? *cap * 2 : 16;
+	char **na = realloc(*list, nc * sizeof *na);
+	if (!na)
+		return 0;
+	*list = na;
+	*cap = nc;
+	return 1;
+}
+
 /* Queue a renamed file for the reaper thread (started on first use, with
  * every signal blocked); path is copied. Without memory or a thread the
  * file is unlinked here at once, the old, slower way. Loop thread only. */
@@ -1261,15 +1276,7 @@ static void reap_push(kv_engine *e, const char *path)
 			goto out;
 	}
 	pthread_mutex_lock(&e->reap_mu);
-	if (e->nreap == e->capreap) {
-		size_t nc = e->capreap ? e->capreap * 2 : 16;
-		char **na = realloc(e->reap, nc * sizeof *na);
-		if (na) {
-			e->reap = na;
-			e->capreap = nc;
-		}
-	}
-	if (e->nreap < e->capreap) {
+	if (path_list_room(&e->reap, e->nreap, &e->capreap)) {
 		e->reap[e->nreap++] = p;
 		queued = 1;
 		pthread_cond_signal(&e->reap_cv);
@@ -1294,15 +1301,7 @@ static void retire_file(kv_engine *e, const char *from, const char *to)
 		return;
 	}
 	char *p = NULL;
-	if (e->nretired == e->capretired) {
-		size_t nc = e->capretired ? e->capretired * 2 : 16;
-		char **na = realloc(e->retired, nc * sizeof *na);
-		if (na) {
-			e->retired = na;
-			e->capretired = nc;
-		}
-	}
-	if (e->nretired < e->capretired && (p = strdup(to)) != NULL)
+	if (path_list_room(&e->retired, e->nretired, &e->capretired) && (p = strdup(to)) != NULL)
 		e->retired[e->nretired++] = p;
 	/* else: left as a .dseg/.dhint for the next open */
 }
