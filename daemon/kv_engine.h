@@ -292,12 +292,16 @@ enum { KV_MERGE_CPU_LOW = 0, KV_MERGE_CPU_IDLE = 1 };
 int kv_engine_merge_start_with(kv_engine *e, const struct kv_merge_params *p);
 /* The report pipe to watch for readability while a merge runs, else -1. */
 int kv_engine_merge_fd(const kv_engine *e);
-/* Read reports, apply at most budget of them (location compare-and-swap),
- * reap the worker (waitpid WNOHANG) and finish: delete the inputs once
- * all is applied and no iterator is open. Returns 1 while a merge is in
- * progress, 0 when idle (it just completed, or none ran), < 0 once when a
- * merge failed (kv_engine_merge_info() says why). Never blocks. */
+/* Read reports, apply at most budget of them (location compare-and-swap)
+ * and for at most about 0.2 ms, reap the worker (waitpid WNOHANG) and
+ * finish: delete the inputs once all is applied and no iterator is open.
+ * Returns 1 while a merge is in progress, 0 when idle (it just completed,
+ * or none ran), < 0 once when a merge failed (kv_engine_merge_info() says
+ * why). Never blocks. */
 int kv_engine_merge_step(kv_engine *e, unsigned budget);
+/* 1 when reports the worker sent wait to be applied: the caller should
+ * step again soon (after serving its clients), not wait for the pipe. */
+int kv_engine_merge_backlog(const kv_engine *e);
 void kv_engine_merge_info(const kv_engine *e, struct kv_merge_info *mi);
 /* Non-zero when the sealed segments hold at least min_dead_ratio dead
  * bytes (0..1) or at least min_dead_bytes dead bytes. */

@@ -32,7 +32,9 @@
  *  4. The outcome comes from the engine's merge counters (merges, failures)
  *     compared with their values at start, so it is right whoever stepped
  *     the engine last (this module or kv_engine_tick()).
- *  5. Work per callback is bounded: one step of at most STEP_BUDGET reports.
+ *  5. Work per callback is bounded: one step of at most STEP_BUDGET reports
+ *     and about 0.2 ms (kv_engine_merge_step()); a backlog of buffered
+ *     reports is worked off one step per pass of the loop.
  */
 #include "kv_jobs.h"
 
@@ -46,7 +48,7 @@
 #include "kv_log.h"
 #include "kv_sd.h"
 
-#define STEP_BUDGET 512        /* reports applied per step (~0.2 ms) */
+#define STEP_BUDGET 512        /* reports applied per step, at most */
 #define STEP_FALLBACK_MS 100   /* step timer while the worker runs */
 #define STEP_FINISH_MS 1       /* ... once its pipe is at EOF */
 #define BACKOFF_BASE_MS 10000u /* first pause of automatic merges */
@@ -232,12 +234,18 @@ static void after_step(struct kv_jobs *j)
 		finish(j);
 		return;
 	}
-	/* Once the pipe is at EOF only buffered reports and the reaping are
-	 * left: continue soon. Otherwise the pipe and SIGCHLD wake us, and
-	 * the fallback timer covers the rest (e.g. an open iterator delaying
-	 * the deletion of the inputs). */
-	int finishing = strcmp(mi.state, "running") == 0 && kv_engine_merge_fd(j->engine) < 0;
-	struct timeval tv = ms_tv(finishing ? STEP_FINISH_MS : STEP_FALLBACK_MS);
+	/* Reports already buffered: step again in the next pass of the loop,
+	 * after the clients it brings (a step is short, invariant 5). Once
+	 * the pipe is at EOF only the reaping is left: continue soon.
+	 * Otherwise the pipe and SIGCHLD wake us, and the fallback timer
+	 * covers the rest (e.g. an open iterator delaying the deletion of
+	 * the inputs). */
+	unsigned ms = STEP_FALLBACK_MS;
+	if (kv_engine_merge_backlog(j->engine))
+		ms = 0;
+	else if (strcmp(mi.state, "running") == 0 && kv_engine_merge_fd(j->engine) < 0)
+		ms = STEP_FINISH_MS;
+	struct timeval tv = ms_tv(ms);
 	event_add(j->step_ev, &tv);
 }
 
