@@ -75,12 +75,13 @@ struct kv_engine {
 
 	/* files of removed segments, renamed to .dseg/.dhint (invariant 8 of
 	 * kv_engine.c), queued for the reaper thread that frees their blocks
-	 * and unlinks them; the queue and reap_stop are under reap_mu */
+	 * and unlinks them, and mappings nothing refers to any more, that it
+	 * unmaps; the queue and reap_stop are under reap_mu */
 	pthread_mutex_t reap_mu;
 	pthread_cond_t reap_cv;
 	pthread_t reaper;
 	int reaper_on, reap_stop, reap_busy;
-	char **reap;
+	struct reap_item *reap; /* kv_engine.c */
 	size_t nreap, capreap;
 	/* renamed, but the directory not fsynced since: not yet the reaper's
 	 * (kv_eng_reap_release()); loop thread only */

@@ -213,6 +213,21 @@ static int reap_all(kv_engine *e, const char *dir)
 	}
 }
 
+/* Mappings of this process whose file lives in dir (its maps line ends
+ * "dir/NNNNNNNNNN.seg", ".dseg", "... (deleted)"...). */
+static int mappings_in(const char *dir)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	assert_non_null(f);
+	char line[PATH_MAX + 256];
+	int n = 0;
+	while (fgets(line, sizeof line, f))
+		if (strstr(line, dir))
+			n++;
+	fclose(f);
+	return n;
+}
+
 static void value_for(char *v, size_t n, int round, int i)
 {
 	snprintf(v, n, "r%03d-i%04d-%.40s", round, i, "................................................");
@@ -625,6 +640,9 @@ static void test_removed_files_never_read(void **state)
 	assert_int_equal(run_merge(e, NULL, NULL), 0);
 	int ms = reap_all(e, dir); /* every input renamed, then freed */
 	assert_int_equal(threads_at_nice(19), 1); /* the reaper yields to the loop */
+	/* it unmapped the inputs (and any hint job's mapping): what is left
+	 * mapped is the outputs and the active segment */
+	assert_true(mappings_in(dir) <= count_suffix(dir, ".seg"));
 	print_message("%d segments merged; their files freed %d ms after the merge\n", nseg, ms);
 	assert_false(kvt_file_size(path) >= 0); /* segment 1 is gone */
 	m_check(e, "after the merge and the reaping");
