@@ -74,7 +74,8 @@
 #define STEP_MAX_NS 200000u       /* parent: a step also ends after 0.2 ms ... */
 #define STEP_CHUNK 64u            /* ... checked every this many reports, prefetched ahead */
 #define OUT_FLUSH (1u << 20)    /* worker: write output in 1 MiB chunks */
-#define REP_BUF (64u << 10)     /* worker: reports go to the pipe in 64 KiB writes */
+#define REP_FLUSH (64u << 10)   /* worker: reports go to the pipe ~64 KiB at a time */
+#define REP_BUF (REP_FLUSH + KV_MREP_HDR + KV_MAX_KEY) /* ... from a buffer this big */
 #define THR_CHUNK (128u << 10)  /* worker: check the rate limit every 128 KiB read */
 
 /* worker, rate limit: one sleep lasts at most 100 ms; unused pace is saved
@@ -147,18 +148,16 @@ static void crash_point(struct out *o)
 	}
 }
 
-/* Queue one report. Reports are written REP_BUF bytes at a time (and by
- * rep_flush() at the end of each output and of the job): one write and one
- * wake-up of kvd per ~1,300 moves instead of two writes per move, which
- * had kvd's loop reading the pipe in 48-byte pieces. */
+/* Queue one report. Reports are written once REP_FLUSH bytes are queued
+ * (and by rep_flush() at the end of each output and of the job): one
+ * write and one wake-up of kvd per ~1,300 moves instead of two writes per
+ * move, which had kvd's loop reading the pipe in 48-byte pieces. Below
+ * REP_FLUSH queued, a report of the largest key still fits in REP_BUF. */
 static int send_rep(struct out *o, uint8_t type, uint32_t a, uint32_t b, uint32_t c, uint32_t d,
 		    uint32_t e, uint32_t f, const void *key, uint32_t klen)
 {
-	int rc;
-	if (o->rlen + KV_MREP_HDR + klen > REP_BUF && (rc = rep_flush(o)) != 0)
-		return rc;
-	if (KV_MREP_HDR + klen > REP_BUF) /* cannot happen: klen <= KV_MAX_KEY */
-		return -EINVAL;
+	if (klen > KV_MAX_KEY)
+		return -EINVAL; /* never: keys come from decoded records */
 	uint8_t *h = o->rbuf + o->rlen;
 	memset(h, 0, KV_MREP_HDR);
 	h[0] = type;
@@ -172,7 +171,7 @@ static int send_rep(struct out *o, uint8_t type, uint32_t a, uint32_t b, uint32_
 	if (klen)
 		memcpy(h + KV_MREP_HDR, key, klen);
 	o->rlen += KV_MREP_HDR + klen;
-	return 0;
+	return o->rlen >= REP_FLUSH ? rep_flush(o) : 0;
 }
 
 static int out_flush(struct out *o)

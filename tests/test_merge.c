@@ -688,6 +688,43 @@ static void test_nothing_to_merge(void **state)
 	free(dir);
 }
 
+/* Keys of the largest size move too: their reports (32 + 65,536 bytes)
+ * are bigger than the worker's 64 KiB report batches. */
+static void test_largest_keys_merge(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mbigkey");
+	kv_engine *e = open_eng(dir);
+	static char key[3][KV_MAX_KEY];
+	for (int k = 0; k < 3; k++) {
+		memset(key[k], 'a' + k, sizeof key[k]);
+		for (int r = 0; r < 3; r++) { /* two dead versions of each */
+			char v[16];
+			snprintf(v, sizeof v, "v%d-%d", k, r);
+			assert_int_equal(kv_engine_put(e, key[k], KV_MAX_KEY, v, strlen(v), 0), 0);
+		}
+	}
+	assert_int_equal(run_merge(e, NULL, NULL), 0);
+	struct kv_merge_info mi;
+	kv_engine_merge_info(e, &mi);
+	assert_true(mi.last_reclaimed > 0);
+	for (int pass = 0; pass < 2; pass++) { /* after the merge, then a restart */
+		for (int k = 0; k < 3; k++) {
+			struct kv_buf b = {0};
+			char want[16];
+			snprintf(want, sizeof want, "v%d-2", k);
+			assert_int_equal(kv_engine_get(e, key[k], KV_MAX_KEY, &b, NULL), 0);
+			assert_int_equal(b.len, strlen(want));
+			assert_memory_equal(b.data, want, b.len);
+			kv_buf_free(&b);
+		}
+		kv_engine_close(e);
+		e = open_eng(dir);
+	}
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
 
 /* Hint jobs wait while a merge runs: the segment sealed when the merge
  * began is one of its inputs, so a hint file for it would be thrown away
@@ -1042,6 +1079,7 @@ int main(void)
 		cmocka_unit_test(test_no_hint_jobs_during_merge),
 		cmocka_unit_test(test_compaction_settles),
 		cmocka_unit_test(test_removed_files_never_read),
+		cmocka_unit_test(test_largest_keys_merge),
 		cmocka_unit_test(test_writes_racing_merge),
 		cmocka_unit_test(test_scan_during_merge),
 		cmocka_unit_test(test_worker_killed_at_every_point),
