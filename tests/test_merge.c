@@ -726,6 +726,48 @@ static void test_largest_keys_merge(void **state)
 	free(dir);
 }
 
+/* kv_engine_merge_backlog() says when reports wait in kvd's buffer (kvd's
+ * loop then steps again at once instead of waiting for the pipe), and a
+ * step applies no more than its budget: stepped one report at a time, the
+ * moves of the first output stay buffered over many steps. */
+static void test_backlog_worked_off_in_steps(void **state)
+{
+	(void)state;
+	char *dir = kvt_mkdtemp("mbacklog");
+	fake_now = 1700000000;
+	kv_engine *e = open_eng(dir);
+	char v[256];
+	memset(&M, 0, sizeof M);
+	for (int r = 0; r < 3; r++)
+		for (int i = 0; i < NK; i++) {
+			value_for(v, sizeof v, r, i);
+			m_put(e, i, v, 0);
+		}
+	assert_int_equal(kv_engine_merge_backlog(e), 0); /* no merge */
+	assert_int_equal(kv_engine_merge_start(e, NULL, NULL), 0);
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int rc, steps = 0, backlog_steps = 0;
+	while ((rc = kv_engine_merge_step(e, 1)) > 0) {
+		steps++;
+		backlog_steps += kv_engine_merge_backlog(e);
+		struct timespec nap = {0, 100000};
+		nanosleep(&nap, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		assert_true(t.tv_sec - t0.tv_sec < 60);
+	}
+	assert_int_equal(rc, 0);
+	print_message("%d steps of one report, %d of them with a backlog left\n", steps,
+		      backlog_steps);
+	assert_true(steps > NK); /* one move per step at most, NK keys moved */
+	assert_true(backlog_steps > NK / 2);
+	assert_int_equal(kv_engine_merge_backlog(e), 0);
+	m_check(e, "after a merge stepped one report at a time");
+	kv_engine_close(e);
+	kvt_rmrf(dir);
+	free(dir);
+}
+
 /* Hint jobs wait while a merge runs: the segment sealed when the merge
  * began is one of its inputs, so a hint file for it would be thrown away
  * (and cost the loop meanwhile). */
@@ -1080,6 +1122,7 @@ int main(void)
 		cmocka_unit_test(test_compaction_settles),
 		cmocka_unit_test(test_removed_files_never_read),
 		cmocka_unit_test(test_largest_keys_merge),
+		cmocka_unit_test(test_backlog_worked_off_in_steps),
 		cmocka_unit_test(test_writes_racing_merge),
 		cmocka_unit_test(test_scan_during_merge),
 		cmocka_unit_test(test_worker_killed_at_every_point),
