@@ -143,6 +143,12 @@ $(B)/tests/%: tests/%.c $(ENGINE_OBJ) $(LIBA) $(wildcard tests/kv_test_*.h)
 	$(CC) $(CFLAGS) $(KV_CFLAGS) $(PC_CFLAGS) $(INC) -Itests -o $@ $< $(ENGINE_OBJ) $(LIBA) \
 		$(KV_LDFLAGS) $(LDFLAGS) $(CM_LIBS) $(PB_LIBS) -lm
 
+# kv_poll is server-side but pure (no libevent): its unit test links it alone.
+$(B)/tests/test_poll: tests/test_poll.c $(B)/obj/daemon/kv_poll.o
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(KV_CFLAGS) $(PC_CFLAGS) $(INC) -Itests -o $@ $< $(B)/obj/daemon/kv_poll.o \
+		$(KV_LDFLAGS) $(LDFLAGS) $(CM_LIBS)
+
 test: deps-check
 	@$(MAKE) --no-print-directory build-all
 	@$(MAKE) --no-print-directory test-run
