@@ -772,6 +772,10 @@ static void print_stats_text(const struct kvc_stats *s)
 	U(syncs);
 	U(synced_writes);
 	U(sync_time_us);
+	U(poll_time_us);
+	U(poll_hits);
+	U(poll_misses);
+	U(poll_window_us);
 	S(merge_state);
 	U(merges);
 	U(merge_last_ms);

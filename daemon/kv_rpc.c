@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "kv.pb-c.h"
+#include "kv_poll.h"
 
 struct kv_rpc_scan {
 	kv_iter *it;
@@ -449,6 +450,12 @@ static void rpc_stats(const struct kv_rpc_ctx *ctx, const Kv__StatsRequest *rq,
 	r->syncs = ctx->ctr->syncs;
 	r->synced_writes = ctx->ctr->synced_writes;
 	r->sync_time_us = ctx->ctr->sync_ns / 1000u;
+	if (ctx->ctr->poll) {
+		r->poll_time_us = ctx->ctr->poll->poll_ns / 1000u;
+		r->poll_hits = ctx->ctr->poll->hits;
+		r->poll_misses = ctx->ctr->poll->misses;
+		r->poll_window_us = ctx->ctr->poll->window_ns / 1000u;
+	}
 	/* merge_reclaimed_bytes: the total since start (with merges, the
 	 * count); merge_last_ms: the duration of the last one. */
 	r->merge_state = (char *)(st.merge.state ? st.merge.state : "idle");

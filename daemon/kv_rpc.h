@@ -60,6 +60,7 @@ struct kv_rpc_counters {
 	uint64_t synced_writes; /* write requests covered by those syncs */
 	uint64_t sync_ns;       /* time spent in those syncs (loop and sync thread) */
 	const char *sync_mode;  /* "always", "interval:1000", "never" */
+	const struct kv_poll *poll; /* the loop's polling figures; NULL: none */
 };
 
 /* What a handler may use; all owned by the server. */

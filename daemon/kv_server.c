@@ -26,7 +26,10 @@
  *      UNAVAILABLE.
  *   3. flush_dirty(): one write() per connection that has new output.
  *   4. reap(): free the connections that died during the pass.
- *   The loop blocks only when nothing is held and nothing is dirty.
+ *   5. kv_poll_after(): the pass is over for the adaptive polling.
+ *   The loop blocks only when nothing is held, nothing is dirty and
+ *   kv_poll_idle() says the client is not expected within the poll window
+ *   (kv_poll.h); otherwise the next pass polls (EVLOOP_NONBLOCK).
  *   Why an outer loop around EVLOOP_ONCE rather than a low-priority commit
  *   event: libevent runs a lower priority only in an iteration where no
  *   higher-priority event is active, so a steady stream of reads could
@@ -129,6 +132,7 @@
 #include "kv_frame.h"
 #include "kv_listen.h"
 #include "kv_log.h"
+#include "kv_poll.h"
 #include "kv_rpc.h"
 #include "kv_sd.h"
 #include "kv_syncer.h"
@@ -170,6 +174,7 @@ struct kv_conn {
 	struct kv_rpc_scan *scan; /* streaming Scan, or NULL */
 	uint64_t scan_id;
 	uint64_t mwait;    /* kv_jobs ticket a Merge waits for; 0 = none */
+	uint64_t poll_epoch; /* kv_poll_seen()'s record */
 	uint64_t mwait_id; /* that request's id */
 	unsigned ahead;       /* frames at the head of in already prefetched */
 	uint64_t frame_since; /* ms: when the unfinished head frame began; 0 = none */
@@ -207,6 +212,7 @@ struct kv_server {
 	size_t nstructs; /* connection structs allocated (open + dead) */
 	struct conn_vec hold, hold_spare, dirty, dirty_spare, dead, dead_spare, ready, ready_spare;
 	struct kv_syncer *syncer; /* the sync thread; NULL: fdatasync in the loop */
+	struct kv_poll poll;      /* polling before the loop sleeps (kv_poll.h) */
 	struct event *syncer_ev;  /* its eventfd: a run finished */
 	uint64_t commit_seq;      /* number of the group now being gathered */
 	uint64_t last_job;        /* highest commit handed to the sync thread */
@@ -254,6 +260,7 @@ void kv_server_config_init(struct kv_server_config *cfg)
 	cfg->frame_timeout_ms = 30000;
 	cfg->write_timeout_ms = 60000;
 	cfg->shutdown_timeout_ms = 2000;
+	cfg->poll_us = KV_POLL_US_DEFAULT;
 	cfg->listen_fd = -1;
 	kv_jobs_config_init(&cfg->merge);
 }
@@ -883,6 +890,7 @@ static void pump_ready(struct kv_server *s)
 	for (size_t i = 0; i < work.n; i++) {
 		struct kv_conn *c = work.v[i];
 		c->in_ready = 0;
+		kv_poll_seen(&s->poll, &c->poll_epoch);
 		conn_pump(c); /* may kill c: freed only by reap() */
 	}
 	work.n = 0;
@@ -1433,6 +1441,8 @@ int kv_server_reconfigure(struct kv_server *s, const struct kv_server_config *cf
 	s->acl = acl;
 	s->cfg.max_connections = cfg->max_connections;
 	s->cfg.merge = cfg->merge;
+	s->cfg.poll_us = cfg->poll_us;
+	kv_poll_set_max(&s->poll, (uint64_t)cfg->poll_us * 1000u);
 	kv_jobs_configure(s->jobs, &cfg->merge);
 	return 0;
 }
@@ -1463,6 +1473,8 @@ int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
 		snprintf(s->sync_mode_str, sizeof s->sync_mode_str, "interval:%u",
 			 cfg->sync_interval_ms);
 	s->ctr.start_ms = mono_ms();
+	kv_poll_init(&s->poll, (uint64_t)cfg->poll_us * 1000u);
+	s->ctr.poll = &s->poll;
 	s->ctr.sync_mode = s->sync_mode_str;
 	s->rpc.engine = engine;
 	s->rpc.arena = &s->arena;
@@ -1584,7 +1596,10 @@ int kv_server_run(struct kv_server *s)
 		     event_base_get_method(s->base));
 	while (!s->done) {
 		int flags = EVLOOP_ONCE;
-		if (s->commit_needed || s->dirty.n > 0)
+		int polling = s->poll.max_ns && !s->stopping;
+		uint64_t requests = s->ctr.requests;
+		if (s->commit_needed || s->dirty.n > 0 ||
+		    (polling && kv_poll_idle(&s->poll, mono_ns())))
 			flags |= EVLOOP_NONBLOCK;
 		if (loop_once(s, flags) < 0 || gather(s) < 0) {
 			kv_log_error("event loop failed");
@@ -1594,6 +1609,8 @@ int kv_server_run(struct kv_server *s)
 		commit_step(s, 0);
 		flush_dirty(s);
 		reap(s);
+		if (polling) /* the replies are out: the client's turn starts now */
+			kv_poll_after(&s->poll, mono_ns(), s->ctr.requests != requests);
 		if (s->stopping && (TAILQ_EMPTY(&s->conns) || mono_ms() >= s->stop_deadline))
 			s->done = 1;
 	}

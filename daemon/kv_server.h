@@ -26,6 +26,8 @@
 #include "kv_engine.h"
 #include "kv_jobs.h"
 
+#define KV_POLL_US_DEFAULT 50
+
 enum kv_sync_mode {
 	KV_SYNC_ALWAYS,   /* fdatasync before acknowledging any write */
 	KV_SYNC_INTERVAL, /* acknowledge after write(); fdatasync every interval_ms */
@@ -44,6 +46,8 @@ struct kv_server_config {
 	unsigned frame_timeout_ms;   /* a started frame must complete within this */
 	unsigned write_timeout_ms;   /* pending output must make progress within this */
 	unsigned shutdown_timeout_ms; /* SIGTERM: bound on delivering queued replies */
+	unsigned poll_us;            /* bound of the adaptive poll before the loop
+	                                sleeps (kv_poll.h); 0 = always sleep */
 	const struct kv_acl *acl;    /* copied; NULL or empty = no peer check */
 	struct kv_jobs_config merge; /* merge triggers */
 	uint64_t watchdog_usec;      /* > 0: WATCHDOG=1 every half of it */
@@ -54,8 +58,9 @@ struct kv_server_config {
 };
 
 /* Defaults: interval:1000, 1024 connections, 30 s frame timeout, 60 s
- * write timeout, 2 s shutdown bound, mode 0660, listen_fd -1, no acl,
- * kv_jobs_config_init(). socket_path stays NULL. */
+ * write timeout, 2 s shutdown bound, poll KV_POLL_US_DEFAULT µs, mode
+ * 0660, listen_fd -1, no acl, kv_jobs_config_init(). socket_path stays
+ * NULL. */
 void kv_server_config_init(struct kv_server_config *cfg);
 
 /* Parse "always" | "never" | "interval:MS" into cfg. 0 or -1. */
@@ -75,7 +80,7 @@ int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
 int kv_server_run(struct kv_server *s);
 
 /* Apply the settings that can change at run time (SIGHUP): max_connections,
- * acl (copied) and merge. Every other field of cfg is ignored. 0, or
+ * acl (copied), poll_us and merge. Every other field of cfg is ignored. 0, or
  * -ENOMEM with the old allow-list kept. */
 int kv_server_reconfigure(struct kv_server *s, const struct kv_server_config *cfg);
 

@@ -51,6 +51,7 @@
 #define DEFAULT_CONFIG "/etc/kvd/kvd.conf"
 #define SD_LISTEN_FDS_START 3
 #define MAX_MERGE_RATE_MIB 1048576ul /* 1 TiB/s: a typo guard, not a real limit */
+#define MAX_POLL_US 10000ul         /* 10 ms: polling longer than a sleep costs is waste */
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
@@ -83,6 +84,9 @@ static const char usage_text[] =
 	STR(KV_MERGE_RATE_LIMIT_DEFAULT_MIB) ")\n"
 	"  --merge-priority idle|low the merge worker's CPU priority: SCHED_IDLE or\n"
 	"                            nice 10 (default idle)\n"
+	"  --poll-us US              once idle, poll up to US microseconds for the next\n"
+	"                            request before sleeping; adapts to the clients,\n"
+	"                            0 = never poll (default " STR(KV_POLL_US_DEFAULT) ")\n"
 	"  --allow-uids LIST         only these uids/users may connect (comma-separated;\n"
 	"                            default: anyone the socket mode lets in)\n"
 	"  --allow-gids LIST         ... or members of these gids/groups\n"
@@ -113,6 +117,7 @@ enum key_id {
 	K_MERGE_INTERVAL,
 	K_MERGE_RATE,
 	K_MERGE_PRIO,
+	K_POLL,
 	K_ALLOW_UIDS,
 	K_ALLOW_GIDS,
 	NKEYS
@@ -139,6 +144,7 @@ static const struct key {
 	[K_MERGE_INTERVAL] = { "merge-check-interval-ms", 1, 0 },
 	[K_MERGE_RATE] = { "merge-rate-limit", 1, 0 },
 	[K_MERGE_PRIO] = { "merge-priority", 1, 0 },
+	[K_POLL] = { "poll-us", 1, 0 },
 	[K_ALLOW_UIDS] = { "allow-uids", 1, 0 },
 	[K_ALLOW_GIDS] = { "allow-gids", 1, 0 },
 };
@@ -391,6 +397,13 @@ static int set_key(struct conf *c, int k, const char *v, char *why, size_t n)
 			return -1;
 		}
 		return 0;
+	case K_POLL:
+		if (parse_uint(v, 0, MAX_POLL_US, &ul) < 0) {
+			snprintf(why, n, "want microseconds, 0..%lu (0 = never poll)", MAX_POLL_US);
+			return -1;
+		}
+		c->srv.poll_us = (unsigned)ul;
+		return 0;
 	case K_ALLOW_UIDS:
 	case K_ALLOW_GIDS: {
 		char e[200];
@@ -470,6 +483,9 @@ static void show_key(const struct conf *c, int k, char *buf, size_t n)
 		return;
 	case K_MERGE_PRIO:
 		snprintf(buf, n, "%s", s->merge.merge_cpu == KV_MERGE_CPU_IDLE ? "idle" : "low");
+		return;
+	case K_POLL:
+		snprintf(buf, n, "%u", s->poll_us);
 		return;
 	case K_ALLOW_UIDS:
 		snprintf(buf, n, "%s", c->allow_uids);
@@ -658,6 +674,7 @@ static void reload(void *arg)
 	kv_log_init(c->level);
 	c->srv.max_connections = next.srv.max_connections;
 	c->srv.merge = next.srv.merge;
+	c->srv.poll_us = next.srv.poll_us;
 	struct kv_acl acl = c->acl;
 	char *u = c->allow_uids, *g = c->allow_gids;
 	c->acl = next.acl;

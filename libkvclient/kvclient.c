@@ -1176,6 +1176,10 @@ KVC_API int kvc_stats(kvc_client *c, struct kvc_stats **out)
 	s->syncs = r->syncs;
 	s->synced_writes = r->synced_writes;
 	s->sync_time_us = r->sync_time_us;
+	s->poll_time_us = r->poll_time_us;
+	s->poll_hits = r->poll_hits;
+	s->poll_misses = r->poll_misses;
+	s->poll_window_us = r->poll_window_us;
 	s->merges = r->merges;
 	s->merge_last_ms = r->merge_last_ms;
 	s->merge_reclaimed_bytes = r->merge_reclaimed_bytes;

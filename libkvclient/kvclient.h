@@ -227,6 +227,13 @@ struct kvc_stats {
 	struct kvc_segment_stats *segment; /* nsegment entries, owned by the struct */
 	size_t nsegment;
 	uint64_t sync_time_us; /* time kvd spent in those syncs */
+	/* kvd's loop polling before it sleeps (kvd --poll-us): time spent
+	 * polling, idle periods a request ended while it polled, polls that
+	 * ran out, the current window. */
+	uint64_t poll_time_us;
+	uint64_t poll_hits;
+	uint64_t poll_misses;
+	uint64_t poll_window_us;
 };
 /* On KVC_OK *out is owned by the caller, freed with kvc_stats_free();
  * NULL on failure. */

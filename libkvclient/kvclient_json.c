@@ -175,6 +175,10 @@ KVC_API int kvc_stats_json(const struct kvc_stats *s, char **json, size_t *len)
 	sb_u64(&b, "syncs", s->syncs);
 	sb_u64(&b, "synced_writes", s->synced_writes);
 	sb_u64(&b, "sync_time_us", s->sync_time_us);
+	sb_u64(&b, "poll_time_us", s->poll_time_us);
+	sb_u64(&b, "poll_hits", s->poll_hits);
+	sb_u64(&b, "poll_misses", s->poll_misses);
+	sb_u64(&b, "poll_window_us", s->poll_window_us);
 	sb_str(&b, "merge_state", s->merge_state);
 	sb_u64(&b, "merges", s->merges);
 	sb_u64(&b, "merge_last_ms", s->merge_last_ms);

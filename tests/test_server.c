@@ -1403,6 +1403,78 @@ static void test_scan_stream(void **state)
 	ping_ok(fd, 8);
 }
 
+/* kvd's CPU time so far (utime + stime), in clock ticks; -1 on failure. */
+static long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+	unsigned long ut, st;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return -1;
+	return (long)(ut + st);
+}
+
+/* Adaptive polling (--poll-us): a client taking turns with kvd is served
+ * by polling (Stats counts the hits, the window stays within the bound),
+ * and once idle kvd polls at most one window, then sleeps. */
+static void test_poll_single_client(void **state)
+{
+	struct ctx *c = *state;
+	const char *extra[] = { "--poll-us", "10000", NULL };
+	start(c, "poll", extra);
+	int fd = kvt_conn(&c->conns, c->d.sock);
+	for (uint64_t i = 1; i <= 500; i++)
+		ping_ok(fd, i);
+	Kv__StatsReply *s = stats(fd, 1000);
+	/* any turn of the client under 10 ms grows the window until polls catch it */
+	if (s->poll_hits < 250)
+		fail_msg("%llu of 500 requests caught by polling",
+			 (unsigned long long)s->poll_hits);
+	assert_true(s->poll_window_us > 0 && s->poll_window_us <= 10000);
+	assert_true(s->poll_time_us > 0);
+	uint64_t spent = s->poll_time_us, misses = s->poll_misses;
+	kv__stats_reply__free_unpacked(s, NULL);
+
+	kvt_sleep_ms(100);
+	long t0 = cpu_ticks(c->d.pid);
+	kvt_sleep_ms(1000);
+	long t1 = cpu_ticks(c->d.pid);
+	assert_true(t0 >= 0 && t1 >= t0);
+	long hz = sysconf(_SC_CLK_TCK);
+	if ((t1 - t0) * 1000 / hz > 200) /* a polling loop would use the whole second */
+		fail_msg("idle kvd used %ld ms of CPU in 1 s", (t1 - t0) * 1000 / hz);
+	s = stats(fd, 1001);
+	/* one poll after the last reply, cut short by the window (plus one pass) */
+	assert_int_equal(s->poll_misses, misses + 1);
+	if (s->poll_time_us - spent > 10000 + 5000)
+		fail_msg("idle kvd polled %llu us", (unsigned long long)(s->poll_time_us - spent));
+	kv__stats_reply__free_unpacked(s, NULL);
+}
+
+/* --poll-us 0: the loop always sleeps; Stats shows no polling. */
+static void test_poll_off(void **state)
+{
+	struct ctx *c = *state;
+	const char *extra[] = { "--poll-us", "0", NULL };
+	start(c, "nopoll", extra);
+	int fd = kvt_conn(&c->conns, c->d.sock);
+	for (uint64_t i = 1; i <= 200; i++)
+		ping_ok(fd, i);
+	Kv__StatsReply *s = stats(fd, 1000);
+	assert_int_equal(s->poll_time_us, 0);
+	assert_int_equal(s->poll_hits, 0);
+	assert_int_equal(s->poll_misses, 0);
+	assert_int_equal(s->poll_window_us, 0);
+	kv__stats_reply__free_unpacked(s, NULL);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -1433,6 +1505,8 @@ int main(void)
 		T(test_sync_interval),
 		T(test_enospc_fail_stop),
 		T(test_fdatasync_eio_sync_thread),
+		T(test_poll_single_client),
+		T(test_poll_off),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

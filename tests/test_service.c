@@ -641,6 +641,8 @@ static void test_config_errors(void **state)
 	expect_exit(c, rate, 2, "bad --merge-rate-limit '-1': want MiB/s, 0..1048576 (0 = unlimited)");
 	const char *prio[] = { "--merge-priority", "high", NULL };
 	expect_exit(c, prio, 2, "bad --merge-priority 'high': want idle or low");
+	const char *poll[] = { "--poll-us", "20000", NULL };
+	expect_exit(c, poll, 2, "bad --poll-us '20000': want microseconds, 0..10000 (0 = never poll)");
 	const char *uids[] = { "--allow-gids", "no_such_group_kvd", NULL };
 	expect_exit(c, uids, 2, "no group named 'no_such_group_kvd'");
 }
@@ -715,7 +717,7 @@ static void test_config_example(void **state)
 		"data-dir",	    "socket",		    "socket-mode",	    "sync",
 		"max-segment-size", "max-connections",	    "log-level",	    "repair",
 		"frame-timeout-ms", "write-timeout-ms",	    "merge-auto",	    "merge-min-dead-ratio",
-		"merge-min-dead-bytes", "merge-check-interval-ms", "merge-rate-limit", "merge-priority", "allow-uids",	    "allow-gids",
+		"merge-min-dead-bytes", "merge-check-interval-ms", "merge-rate-limit", "merge-priority", "poll-us", "allow-uids",	    "allow-gids",
 	};
 	struct ctx *c = *state;
 	assert_int_equal(kvtd_init(&c->d, "confex"), 0);
@@ -773,12 +775,13 @@ static void test_sighup_reload(void **state)
 
 	conf_file(c, path, sizeof path,
 		  "log-level = debug\nmerge-auto = yes\nsync = always\nmax-connections = 50\n"
-		  "merge-priority = low\n");
+		  "merge-priority = low\npoll-us = 0\n");
 	kill(c->d.pid, SIGHUP);
 	assert_true(kvtd_wait_log(&c->d, "SIGHUP: reloaded", 5000));
 	assert_true(kvt_file_contains(c->d.log, "SIGHUP: log-level: 'info' -> 'debug'"));
 	assert_true(kvt_file_contains(c->d.log, "SIGHUP: merge-auto: 'no' -> 'yes'"));
 	assert_true(kvt_file_contains(c->d.log, "SIGHUP: merge-priority: 'idle' -> 'low'"));
+	assert_true(kvt_file_contains(c->d.log, "SIGHUP: poll-us: '50' -> '0'"));
 	assert_true(kvt_file_contains(c->d.log,
 				      "SIGHUP: sync: 'interval:1000' -> 'always' needs a restart"));
 	assert_false(kvt_file_contains(c->d.log, "max-connections:")); /* the flag wins */
@@ -787,6 +790,14 @@ static void test_sighup_reload(void **state)
 	assert_true(kvtd_wait_log(&c->d, "accepted (fd", 2000)); /* now at debug */
 	Kv__StatsReply *s = stats(fd2, 3);
 	assert_string_equal(s->sync_mode, "interval:1000"); /* needs a restart */
+	assert_int_equal(s->poll_window_us, 0); /* poll-us 0 applies at once */
+	uint64_t polled = s->poll_time_us, hits = s->poll_hits;
+	kv__stats_reply__free_unpacked(s, NULL);
+	for (uint64_t i = 0; i < 50; i++)
+		ping_ok(fd2, 100 + i);
+	s = stats(fd2, 200);
+	assert_int_equal(s->poll_time_us, polled);
+	assert_int_equal(s->poll_hits, hits);
 	kv__stats_reply__free_unpacked(s, NULL);
 
 	conf_file(c, path, sizeof path, "log-level = loud\n");
