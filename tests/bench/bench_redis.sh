@@ -8,8 +8,8 @@
 # "key:%012d", 100-byte values), and take the same workload: SET/put and GET
 # of random keys in a 1M-key space at c1P1, c50P1 and c50P16 —
 # redis-benchmark for Redis, `kvctl bench` for kvd (both one client thread).
-# Prints one table: requests/s and p99 per side and the ratio kvd/Redis,
-# then memory per key after loading 1M keys and the restart time to the
+# Prints one table: requests/s, p99 and the server's and the client's CPU
+# use per side and the ratio kvd/Redis, then memory per key after loading 1M keys and the restart time to the
 # first successful ping with 1M keys (Redis: AOF load; kvd: hint files).
 #
 # Env: KVD, KVCTL (binaries; default build/kvd, build/kvctl),
@@ -146,13 +146,24 @@ jfield() { # FILE KEY: a number field of a one-line JSON object
 }
 
 # --- one cell ------------------------------------------------------------------------------
-# run_redis OP C P N / run_kvd OP C P N: one run each; set r_rps r_p99 r_cpu / k_*
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # PID: user + system CPU of the whole process so far, in clock ticks
+	awk '{ sub(/^.*\) /, ""); print $12 + $13 }' /proc/"$1"/stat 2>/dev/null || echo 0
+}
+srv_pct() { # TICKS0 TICKS1 MS: percent of one core over MS of wall time
+	awk -v a="$1" -v b="$2" -v ms="$3" -v hz="$CLK_TCK" \
+		'BEGIN { printf "%.0f", (b - a) * 100000 / hz / (ms > 0 ? ms : 1) }'
+}
+# run_redis OP C P N / run_kvd OP C P N: one run each; set r_rps r_p99 r_cpu
+# (client) r_srv (server) / k_*
 run_redis() {
+	s0=$(cpu_ticks "$RPID")
 	t0=$(now_ms)
 	# the subshell's `times`: its children's CPU on the second line ("0m1.23s 0m0.45s")
 	rb_times=$(redis-benchmark -s "$RS" -t "$1" -d 100 -r "$KEYS" -c "$2" -P "$3" -n "$4" \
 		--csv >"$T/rb.csv" 2>"$T/rb.err"; times)
 	t1=$(now_ms)
+	r_srv=$(srv_pct "$s0" "$(cpu_ticks "$RPID")" $((t1 - t0)))
 	r_rps=$(awk -F'"' 'NR==2 {print $4}' "$T/rb.csv")
 	r_p99=$(awk -F'"' 'NR==2 {print $14}' "$T/rb.csv")
 	r_cpu=$(echo "$rb_times" | awk -v ms=$((t1 - t0)) 'NR==2 {
@@ -160,12 +171,16 @@ run_redis() {
 		printf "%.0f", (u[1] * 60 + u[2] + y[1] * 60 + y[2]) * 100000 / (ms > 0 ? ms : 1) }')
 }
 run_kvd() {
+	s0=$(cpu_ticks "$KPID")
+	t0=$(now_ms)
 	if ! "$KVCTL" -s "$KS" bench -t "$1" -d 100 -r "$KEYS" -c "$2" -P "$3" -n "$4" --json \
 		>"$T/kb.json" 2>"$T/kb.err"; then
 		echo "bench-redis: kvctl bench failed ($1 c$2 P$3):" >&2
 		cat "$T/kb.err" >&2
 		FAILED=1
 	fi
+	t1=$(now_ms)
+	k_srv=$(srv_pct "$s0" "$(cpu_ticks "$KPID")" $((t1 - t0)))
 	k_rps=$(jfield "$T/kb.json" rps)
 	k_p99=$(jfield "$T/kb.json" p99_ms)
 	k_cpu=$(jfield "$T/kb.json" cpu_pct)
@@ -176,22 +191,23 @@ better() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { exit !(a > b) }'; }
 # cell MODE OP C P N: RUNS runs per side, interleaved (Redis, kvd, Redis,
 # kvd ...: the disk's speed drifts over seconds, so neither side gets all
 # the good or bad moments); each side's best run (by ops/s) is reported.
-# One line "mode op cell rps p99 kvd_rps kvd_p99 kvd_cpu redis_cpu" to $T/table.
+# One line "mode op cell rps p99 kvd_rps kvd_p99 kvd_cpu redis_cpu redis_srv
+# kvd_srv" to $T/table.
 cell() {
 	mode=$1 op=$2 c=$3 p=$4 n=$5
 	rop=set
 	kop=put
 	[ "$op" = GET ] && rop=get && kop=get
-	br_rps=0 br_p99=0 br_cpu=0 bk_rps=0 bk_p99=0 bk_cpu=0
+	br_rps=0 br_p99=0 br_cpu=0 br_srv=0 bk_rps=0 bk_p99=0 bk_cpu=0 bk_srv=0
 	i=0
 	while [ $i -lt "$RUNS" ]; do
 		run_redis $rop "$c" "$p" "$n"
-		if better "$r_rps" "$br_rps"; then br_rps=$r_rps br_p99=$r_p99 br_cpu=$r_cpu; fi
+		if better "$r_rps" "$br_rps"; then br_rps=$r_rps br_p99=$r_p99 br_cpu=$r_cpu br_srv=$r_srv; fi
 		run_kvd $kop "$c" "$p" "$n"
-		if better "$k_rps" "$bk_rps"; then bk_rps=$k_rps bk_p99=$k_p99 bk_cpu=$k_cpu; fi
+		if better "$k_rps" "$bk_rps"; then bk_rps=$k_rps bk_p99=$k_p99 bk_cpu=$k_cpu bk_srv=$k_srv; fi
 		i=$((i + 1))
 	done
-	echo "$mode $op c${c}P$p $br_rps $br_p99 $bk_rps $bk_p99 $bk_cpu $br_cpu" >>"$T/table"
+	echo "$mode $op c${c}P$p $br_rps $br_p99 $bk_rps $bk_p99 $bk_cpu $br_cpu $br_srv $bk_srv" >>"$T/table"
 	printf '  %-8s %-4s c%sP%-3s Redis %9.0f/s p99 %6.3f ms   kvd %9.0f/s p99 %6.3f ms\n' \
 		"$mode" "$op" "$c" "$p" "$br_rps" "$br_p99" "$bk_rps" "$bk_p99" >&2
 }
@@ -268,19 +284,20 @@ echo "Win: ratio >= 1.2 and kvd p99 <= Redis p99."
 echo
 awk '
 BEGIN {
-	printf "%-8s %-3s %-6s | %9s %7s %4s | %9s %7s %4s | %5s %s\n", "mode", "op", "cell", \
-		"Redis/s", "p99", "cli%", "kvd/s", "p99", "cli%", "ratio", "verdict"
-	print "-------------------+------------------------+------------------------+-----------------"
+	printf "%-8s %-3s %-6s | %9s %7s %4s %4s | %9s %7s %4s %4s | %5s %s\n", "mode", "op", "cell", \
+		"Redis/s", "p99", "srv%", "cli%", "kvd/s", "p99", "srv%", "cli%", "ratio", "verdict"
+	print "-------------------+-----------------------------+-----------------------------+-----------------"
 }
 {
 	ratio = ($4 > 0) ? $6 / $4 : 0
 	v = (ratio >= 1.2 && $7 <= $5) ? "win" : (ratio >= 1.2 ? "p99 loses" : (($7 <= $5) ? "rate loses" : "loses"))
-	printf "%-8s %-3s %-6s | %9.0f %7.3f %4.0f | %9.0f %7.3f %4.0f | %5.2f %s\n", \
-		$1, $2, $3, $4, $5, $9, $6, $7, $8, ratio, v
+	printf "%-8s %-3s %-6s | %9.0f %7.3f %4.0f %4.0f | %9.0f %7.3f %4.0f %4.0f | %5.2f %s\n", \
+		$1, $2, $3, $4, $5, $10, $9, $6, $7, $11, $8, ratio, v
 }' "$T/table"
 echo "(modes: always = kvd --sync always / appendfsync always; interval = interval:1000 / everysec;"
-echo " never = never / appendfsync no. cli% = the benchmark client's own CPU use (user + sys over"
-echo " wall time, 100 = one core): redis-benchmark on the left, kvctl bench on the right.)"
+echo " never = never / appendfsync no. srv% = the server process's CPU use, cli% = the benchmark"
+echo " client's (user + sys over wall time, 100 = one core; kvd polls for its next request up to"
+echo " --poll-us before it sleeps, see README \"Polling\"): Redis on the left, kvd on the right.)"
 if [ -n "${r_keys:-}" ]; then
 	echo
 	awk -v rk="$r_keys" -v rm="$r_mem" -v rr="$r_rss" -v kk="$k_keys" -v kd="$k_kd" \
