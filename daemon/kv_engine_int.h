@@ -75,12 +75,15 @@ struct kv_engine {
 
 	/* files of removed segments, renamed to .dseg/.dhint (invariant 8 of
 	 * kv_engine.c), queued for the reaper thread that frees their blocks
-	 * and unlinks them, and mappings nothing refers to any more, that it
-	 * unmaps; the queue and reap_stop are under reap_mu */
+	 * and unlinks them, mappings nothing refers to any more, that it
+	 * unmaps, and ranges of data mappings that it warms up (warm_step);
+	 * the queue, reap_stop and nwarm are under reap_mu */
 	pthread_mutex_t reap_mu;
 	pthread_cond_t reap_cv;
+	pthread_cond_t warm_cv; /* the reaper finished a warm-up range */
 	pthread_t reaper;
 	int reaper_on, reap_stop, reap_busy;
+	unsigned nwarm; /* warm-up ranges queued or in hand */
 	struct reap_item *reap; /* kv_engine.c */
 	size_t nreap, capreap;
 	/* renamed, but the directory not fsynced since: not yet the reaper's
