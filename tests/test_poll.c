@@ -41,6 +41,17 @@ static unsigned cycle(struct kv_poll *p, uint64_t *t, uint64_t gap_ns, uint64_t 
 	return polls;
 }
 
+/* A loop with bound max_ns after 10 requests of a client that answers in
+ * gap_ns: returns the time of the last one. */
+static uint64_t settle(struct kv_poll *p, uint64_t max_ns, uint64_t gap_ns)
+{
+	uint64_t t = 1000 * US;
+	kv_poll_init(p, max_ns);
+	for (int i = 0; i < 10; i++)
+		cycle(p, &t, gap_ns, 1 * US);
+	return t;
+}
+
 static void test_off_never_polls(void **state)
 {
 	(void)state;
@@ -87,10 +98,7 @@ static void test_slow_client_shrinks_to_zero(void **state)
 {
 	(void)state;
 	struct kv_poll p;
-	kv_poll_init(&p, 50 * US);
-	uint64_t t = 1000 * US;
-	for (int i = 0; i < 10; i++)
-		cycle(&p, &t, 25 * US, 1 * US);
+	uint64_t t = settle(&p, 50 * US, 25 * US);
 	assert_int_equal(p.window_ns, 40 * US);
 	cycle(&p, &t, 200 * US, 1 * US); /* polled 40 µs, missed, slept 160: shrink */
 	assert_int_equal(p.window_ns, 20 * US);
@@ -112,10 +120,7 @@ static void test_idle_polls_one_window(void **state)
 {
 	(void)state;
 	struct kv_poll p;
-	kv_poll_init(&p, 50 * US);
-	uint64_t t = 1000 * US;
-	for (int i = 0; i < 10; i++)
-		cycle(&p, &t, 25 * US, 1 * US);
+	uint64_t t = settle(&p, 50 * US, 25 * US);
 	uint64_t w = p.window_ns, spent = p.poll_ns, misses = p.misses;
 	assert_true(w > 0);
 	assert_true(kv_poll_idle(&p, t));
@@ -177,10 +182,7 @@ static void test_set_max(void **state)
 {
 	(void)state;
 	struct kv_poll p;
-	kv_poll_init(&p, 100 * US);
-	uint64_t t = 1000 * US;
-	for (int i = 0; i < 10; i++)
-		cycle(&p, &t, 60 * US, 1 * US);
+	uint64_t t = settle(&p, 100 * US, 60 * US);
 	assert_int_equal(p.window_ns, 80 * US);
 	kv_poll_set_max(&p, 30 * US);
 	assert_int_equal(p.window_ns, 30 * US);
