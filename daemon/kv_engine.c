@@ -1246,8 +1246,8 @@ static void reap_file(kv_engine *e, const char *path)
  * of each: under a hypervisor with shadow paging the first access from
  * user space still traps to the host after madvise() filled the guest's
  * page table (measured: GETs right after a burst of puts had a p99 of
- * 5-7 ms with madvise alone, as without warming, and 1.7-3.6 ms, as in
- * the next run, with the reads). Pages not in the page cache are skipped:
+ * 5.2-7.2 ms with madvise alone, as without warming, and 1.5-2.4 ms, as
+ * in the next run, with the reads). Pages not in the page cache are skipped:
  * nothing is read from disk. The reads are safe because the range stays
  * mapped and inside its file meanwhile: a mapping is unmapped by this
  * thread (queued after this range), by free_engine() after reaper_stop(),

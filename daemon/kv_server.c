@@ -174,8 +174,8 @@ struct kv_conn {
 	struct kv_rpc_scan *scan; /* streaming Scan, or NULL */
 	uint64_t scan_id;
 	uint64_t mwait;    /* kv_jobs ticket a Merge waits for; 0 = none */
-	uint64_t poll_epoch; /* kv_poll_seen()'s record */
 	uint64_t mwait_id; /* that request's id */
+	uint64_t poll_epoch; /* kv_poll_seen()'s record */
 	unsigned ahead;       /* frames at the head of in already prefetched */
 	uint64_t frame_since; /* ms: when the unfinished head frame began; 0 = none */
 	uint64_t stall_since; /* ms: output waiting without progress since; 0 = none */
