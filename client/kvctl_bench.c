@@ -7,7 +7,9 @@
  * only non-blocking calls (kvc_pipe_send, kvc_pipe_next(.., 0)). Like
  * redis-benchmark, a connection writes a round of P requests at once and
  * writes the next round when every reply of the round is in; a reply's
- * latency is from the write of its round to the moment it was parsed.
+ * latency is from the write of its round to the moment it was parsed. The
+ * replies of all the connections an epoll_wait returned are parsed before
+ * any next round is written.
  * The N requests of a test are split evenly over the connections.
  *
  * Latencies go into a log-linear ("HDR-style") histogram of nanoseconds:
@@ -399,6 +401,7 @@ static void *thread_main(void *arg)
 {
 	struct bthread *t = arg;
 	struct epoll_event evs[EV_BATCH];
+	unsigned char live[EV_BATCH]; /* evs[i] had a round in flight */
 	size_t busy = 0;
 	for (size_t i = 0; i < t->nconn; i++) {
 		struct bconn *bc = t->conns[i];
@@ -426,12 +429,14 @@ static void *thread_main(void *arg)
 			busy -= check_timeouts(t);
 		for (int i = 0; i < n; i++) {
 			struct bconn *bc = evs[i].data.ptr;
+			live[i] = 0;
 			if (bc->dead)
 				continue;
 			if (!bc->inflight) { /* idle: only a close can wake it */
 				conn_unregister(bc);
 				continue;
 			}
+			live[i] = 1;
 			if (bc->want_out && (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
 				int rc = kvc_pipe_send(bc->c);
 				if (rc == KVC_OK) {
@@ -443,6 +448,15 @@ static void *thread_main(void *arg)
 			}
 			if (!bc->dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
 				conn_collect(bc);
+		}
+		/* The next rounds only once every reply of this wake-up has its
+		 * time: written in the loop above, a round would count in the
+		 * latency of every connection collected after it (redis-benchmark
+		 * also reads all it can, then writes). */
+		for (int i = 0; i < n; i++) {
+			struct bconn *bc = evs[i].data.ptr;
+			if (!live[i])
+				continue;
 			if (!bc->dead && !bc->inflight && !conn_round(bc))
 				busy--;
 			else if (bc->dead)
