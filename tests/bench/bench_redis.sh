@@ -18,7 +18,10 @@
 #      "always interval never"), BENCH_KEYS (default 1000000),
 #      BENCH_NO_COMPACTION=1 (no background compaction on either side:
 #      Redis --auto-aof-rewrite-percentage 0, kvd --merge-auto no; by default
-#      both run theirs, and a fork for it may land inside a cell).
+#      both run theirs, and a fork for it may land inside a cell),
+#      BENCH_PIN=1 (both servers, with their threads and children, on CPU 0
+#      and both clients on CPU 1, with taskset: the same placement for both
+#      sides instead of the scheduler's; see README "Against Redis").
 # Invariants: every server started here is stopped by pid in the EXIT trap
 # (SIGTERM, SIGKILL after 10 s); every wait is bounded; temp dirs removed.
 set -u
@@ -36,6 +39,17 @@ fi
 MODES=${BENCH_MODES:-"always interval never"}
 RUNS=${BENCH_RUNS:-2}
 KEYS=${BENCH_KEYS:-1000000}
+if [ "${BENCH_PIN:-0}" = 1 ]; then
+	if ! command -v taskset >/dev/null 2>&1 || [ "$(nproc)" -lt 2 ]; then
+		echo "bench-redis: BENCH_PIN=1 needs taskset and two CPUs" >&2
+		exit 1
+	fi
+	ON_SRV="taskset -c 0"
+	ON_CLI="taskset -c 1"
+else
+	ON_SRV=
+	ON_CLI=
+fi
 
 # --- tools ----------------------------------------------------------------------
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1 ||
@@ -94,7 +108,7 @@ kvd_sync() {
 # RPID and RESTART_MS (exec to first successful ping).
 start_redis() {
 	t0=$(now_ms)
-	redis-server --port 0 --unixsocket "$RS" --save '' --appendonly yes \
+	$ON_SRV redis-server --port 0 --unixsocket "$RS" --save '' --appendonly yes \
 		--appendfsync "$(redis_fsync "$1")" --dir "$RD" --logfile "$T/redis.log" $R_EXTRA \
 		>/dev/null 2>&1 &
 	RPID=$!
@@ -113,7 +127,7 @@ start_redis() {
 
 start_kvd() {
 	t0=$(now_ms)
-	"$KVD" --data-dir "$KD" --socket "$KS" --sync "$(kvd_sync "$1")" --log-level warn $K_EXTRA \
+	$ON_SRV "$KVD" --data-dir "$KD" --socket "$KS" --sync "$(kvd_sync "$1")" --log-level warn $K_EXTRA \
 		>>"$T/kvd.log" 2>&1 &
 	KPID=$!
 	n=0
@@ -160,7 +174,7 @@ run_redis() {
 	s0=$(cpu_ticks "$RPID")
 	t0=$(now_ms)
 	# the subshell's `times`: its children's CPU on the second line ("0m1.23s 0m0.45s")
-	rb_times=$(redis-benchmark -s "$RS" -t "$1" -d 100 -r "$KEYS" -c "$2" -P "$3" -n "$4" \
+	rb_times=$($ON_CLI redis-benchmark -s "$RS" -t "$1" -d 100 -r "$KEYS" -c "$2" -P "$3" -n "$4" \
 		--csv >"$T/rb.csv" 2>"$T/rb.err"; times)
 	t1=$(now_ms)
 	r_srv=$(srv_pct "$s0" "$(cpu_ticks "$RPID")" $((t1 - t0)))
@@ -173,7 +187,7 @@ run_redis() {
 run_kvd() {
 	s0=$(cpu_ticks "$KPID")
 	t0=$(now_ms)
-	if ! "$KVCTL" -s "$KS" bench -t "$1" -d 100 -r "$KEYS" -c "$2" -P "$3" -n "$4" --json \
+	if ! $ON_CLI "$KVCTL" -s "$KS" bench -t "$1" -d 100 -r "$KEYS" -c "$2" -P "$3" -n "$4" --json \
 		>"$T/kb.json" 2>"$T/kb.err"; then
 		echo "bench-redis: kvctl bench failed ($1 c$2 P$3):" >&2
 		cat "$T/kb.err" >&2
@@ -281,6 +295,7 @@ echo "kvd vs Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2) (AOF)
 echo "one client thread on each side (redis-benchmark / kvctl bench), best of $RUNS interleaved runs per side. p99 in ms."
 echo "Win: ratio >= 1.2 and kvd p99 <= Redis p99."
 [ -n "$K_EXTRA" ] && echo "Background compaction off on both sides (BENCH_NO_COMPACTION=1)."
+[ -n "$ON_SRV" ] && echo "Servers on CPU 0, clients on CPU 1 (BENCH_PIN=1)."
 echo
 awk '
 BEGIN {
