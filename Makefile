@@ -9,6 +9,7 @@
 #   make bench-sync group commit under --sync always
 #   make bench-merge    client latency with and without a merge running
 #   make bench-redis    kvd vs Redis (AOF) in every durability mode (BENCH_QUICK=1)
+#   make bench-hiccup   the CPU time this machine takes from threads that never sleep
 #   make bench-engine   engine vs LevelDB benchmark
 #   make install / uninstall   PREFIX=/usr/local DESTDIR=
 #   make clean
@@ -71,7 +72,7 @@ LIBSO   = $(B)/libkvclient.so.$(SOVER)
 LIBA    = $(B)/libkvclient.a
 
 .PHONY: all build-all test test-run deps deps-check run clean install uninstall \
-        bench-engine bench-engine-run torture bench-sync bench-redis bench-merge demo
+        bench-engine bench-engine-run torture bench-sync bench-redis bench-merge bench-hiccup demo
 .DEFAULT_GOAL := all
 
 all: deps-check
@@ -209,8 +210,16 @@ $(B)/bench_engine: tests/bench/bench_engine.c $(ENGINE_OBJ)
 	$(CC) $(CFLAGS) $(KV_CFLAGS) $(INC) -o $@ $< $(ENGINE_OBJ) $(KV_LDFLAGS) $(LDFLAGS) -lleveldb -lm
 
 # kvd vs Redis (AOF) side by side; BENCH_QUICK=1 for a short run.
-bench-redis: all
-	KVD=$(B)/kvd KVCTL=$(B)/kvctl sh tests/bench/bench_redis.sh
+bench-redis: all $(B)/bench_hiccup
+	KVD=$(B)/kvd KVCTL=$(B)/kvctl HICCUP=$(B)/bench_hiccup sh tests/bench/bench_redis.sh
+
+# the CPU time this machine takes away from spinning threads (bench_hiccup.c)
+bench-hiccup: $(B)/bench_hiccup
+	$(B)/bench_hiccup $(BENCH_ARGS)
+
+$(B)/bench_hiccup: tests/bench/bench_hiccup.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(KV_CFLAGS) -o $@ $< $(LDFLAGS) -lpthread
 
 bench-merge: all
 	KVD=$(B)/kvd KVCTL=$(B)/kvctl sh tests/bench/bench_merge.sh

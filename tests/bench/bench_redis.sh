@@ -12,7 +12,9 @@
 # use per side and the ratio kvd/Redis, then memory per key after loading 1M keys and the restart time to the
 # first successful ping with 1M keys (Redis: AOF load; kvd: hint files).
 #
-# Env: KVD, KVCTL (binaries; default build/kvd, build/kvctl),
+# Env: KVD, KVCTL (binaries; default build/kvd, build/kvctl), HICCUP
+#      (build/bench_hiccup: run for 2 s before the first and after the last
+#      cell, to show the stalls of the machine itself; skipped if missing),
 #      BENCH_QUICK=1 (a fifth of the requests), BENCH_RUNS (runs per side
 #      and cell, interleaved, best reported; default 2), BENCH_MODES (default
 #      "always interval never"), BENCH_KEYS (default 1000000),
@@ -28,6 +30,7 @@ set -u
 
 KVD=${KVD:-build/kvd}
 KVCTL=${KVCTL:-build/kvctl}
+HICCUP=${HICCUP:-build/bench_hiccup}
 QUICK=${BENCH_QUICK:-0}
 if [ "${BENCH_NO_COMPACTION:-0}" = 1 ]; then
 	R_EXTRA="--auto-aof-rewrite-percentage 0"
@@ -244,6 +247,10 @@ FAILED=0
 : >"$T/table"
 first=1
 echo "bench-redis: kvd $("$KVD" --version 2>&1 | head -1) vs $(redis-server --version | cut -d' ' -f1-3)" >&2
+hiccup() { # the machine's own stalls, both CPUs spinning, nothing else running
+	if [ -x "$HICCUP" ]; then "$HICCUP" -t 2 2>&1; else echo "($HICCUP missing: not measured)"; fi
+}
+hic0=$(hiccup)
 for mode in $MODES; do
 	start_redis "$mode"
 	r_start=$RESTART_MS
@@ -289,6 +296,8 @@ for mode in $MODES; do
 	KPID=
 done
 
+hic1=$(hiccup)
+
 # --- the table ----------------------------------------------------------------------------------
 echo
 echo "kvd vs Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2) (AOF), Unix sockets, 100-byte values, random keys in a ${KEYS}-key space,"
@@ -327,5 +336,8 @@ if [ -n "${r_keys:-}" ]; then
 		printf "  Redis %d ms (%d keys, AOF), kvd %d ms (%d keys, hint files); ratio %.2f (target <= 0.5)\n", r, rk, k, kk, (r > 0 ? k / r : 0)
 	}'
 fi
+echo "stalls of the machine itself (bench_hiccup: a p99 near these gaps measures the machine):"
+echo "  before the cells: $hic0"
+echo "  after the cells:  $hic1"
 [ "$FAILED" = 0 ] || { echo "bench-redis: some kvctl bench runs reported failed requests" >&2; exit 1; }
 exit 0
