@@ -25,8 +25,8 @@ LDFLAGS ?=
 # Debian packages the build and the tests need. `make deps` installs them;
 # `make` and `make test` run it by themselves when one is missing.
 DEPS_PKGS = protobuf-c-compiler libprotobuf-c-dev libevent-dev libcmocka-dev \
-            pkg-config libedit-dev libinih-dev
-PKGS      = libprotobuf-c libevent cmocka libedit inih
+            pkg-config libedit-dev libinih-dev liburing-dev
+PKGS      = libprotobuf-c libevent cmocka libedit inih liburing
 
 ifeq ($(SAN),1)
 B        := build/san
@@ -47,6 +47,7 @@ EV_LIBS   := $(shell pkg-config --libs libevent 2>/dev/null)
 CM_LIBS   := $(shell pkg-config --libs cmocka 2>/dev/null)
 ED_LIBS   := $(shell pkg-config --libs libedit 2>/dev/null)
 INI_LIBS  := $(shell pkg-config --libs inih 2>/dev/null)
+UR_LIBS   := $(shell pkg-config --libs liburing 2>/dev/null)
 
 GEN := $(B)/gen
 INC := -I$(GEN) -Idaemon -Ilibkvclient -Iproto
@@ -120,7 +121,7 @@ $(B)/pic/%.o: %.c | $(GEN)/kv.pb-c.h
 
 # --- programs and libraries -------------------------------------------------------
 $(B)/kvd: $(SERVER_OBJ) $(ENGINE_OBJ)
-	$(CC) $(KV_LDFLAGS) $(LDFLAGS) -o $@ $^ $(EV_LIBS) $(PB_LIBS) $(INI_LIBS) -lm -lpthread
+	$(CC) $(KV_LDFLAGS) $(LDFLAGS) -o $@ $^ $(EV_LIBS) $(PB_LIBS) $(INI_LIBS) $(UR_LIBS) -lm -lpthread
 
 $(LIBA): $(LIB_OBJ)
 	@rm -f $@
@@ -149,6 +150,12 @@ $(B)/tests/test_poll: tests/test_poll.c $(B)/obj/daemon/kv_poll.o
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(KV_CFLAGS) $(PC_CFLAGS) $(INC) -Itests -o $@ $< $(B)/obj/daemon/kv_poll.o \
 		$(KV_LDFLAGS) $(LDFLAGS) $(CM_LIBS)
+
+# kv_ring (io_uring batches) is server-side and needs no libevent either.
+$(B)/tests/test_ring: tests/test_ring.c $(B)/obj/daemon/kv_ring.o
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(KV_CFLAGS) $(PC_CFLAGS) $(INC) -Itests -o $@ $< $(B)/obj/daemon/kv_ring.o \
+		$(KV_LDFLAGS) $(LDFLAGS) $(CM_LIBS) $(UR_LIBS)
 
 test: deps-check
 	@$(MAKE) --no-print-directory build-all
