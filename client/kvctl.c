@@ -776,6 +776,9 @@ static void print_stats_text(const struct kvc_stats *s)
 	U(poll_hits);
 	U(poll_misses);
 	U(poll_window_us);
+	printf("%-22s %s\n", "io_uring", s->io_uring ? "yes" : "no");
+	U(io_batches);
+	U(io_batched_ops);
 	S(merge_state);
 	U(merges);
 	U(merge_last_ms);

@@ -456,6 +456,9 @@ static void rpc_stats(const struct kv_rpc_ctx *ctx, const Kv__StatsRequest *rq,
 		r->poll_misses = ctx->ctr->poll->misses;
 		r->poll_window_us = ctx->ctr->poll->window_ns / 1000u;
 	}
+	r->io_uring = ctx->ctr->io_uring ? 1 : 0;
+	r->io_batches = ctx->ctr->io_batches;
+	r->io_batched_ops = ctx->ctr->io_batched_ops;
 	/* merge_reclaimed_bytes: the total since start (with merges, the
 	 * count); merge_last_ms: the duration of the last one. */
 	r->merge_state = (char *)(st.merge.state ? st.merge.state : "idle");

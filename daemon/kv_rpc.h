@@ -61,6 +61,9 @@ struct kv_rpc_counters {
 	uint64_t sync_ns;       /* time spent in those syncs (loop and sync thread) */
 	const char *sync_mode;  /* "always", "interval:1000", "never" */
 	const struct kv_poll *poll; /* the loop's polling figures; NULL: none */
+	int io_uring;           /* the loop batches its I/O through io_uring now */
+	uint64_t io_batches;    /* io_uring submissions */
+	uint64_t io_batched_ops; /* reads and writes they carried */
 };
 
 /* What a handler may use; all owned by the server. */

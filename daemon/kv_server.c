@@ -6,13 +6,15 @@
  * scheduling and driving), the sync thread (kv_syncer), a copy of the
  * peer allow-list (kv_acl), every struct kv_conn with its three evbuffers
  * (in, out, held), the request arena and the value buffer that kv_rpc
- * uses. The engine is borrowed.
+ * uses, and the io_uring batches of socket I/O (kv_ring, when the kernel
+ * allows). The engine is borrowed.
  *
  * ONE PASS OF THE LOOP (kv_server_run)
  *   1. loop_once(): event_base_loop(EVLOOP_ONCE), whose read callbacks
  *      only read (one read() into the loop's scratch buffer, copied to
- *      conn->in) and list the connection as ready; then pump_ready()
- *      prefetches the keys of the ready connections' head frames (see
+ *      conn->in; with a ring, the reads of all of them in one batch at
+ *      the start of pump_ready: IO BATCHES) and list the connection as
+ *      ready; then pump_ready() prefetches the keys of the ready connections' head frames (see
  *      PREFETCHING) and executes every complete frame they have
  *      (conn_pump). A write (Put, Delete, Batch) appends to
  *      the engine's tail buffer; its reply, and every later reply of that
@@ -24,7 +26,8 @@
  *      from held to out; if the flush or sync failed (the engine is
  *      read-only from then on) every held write reply is rewritten to
  *      UNAVAILABLE.
- *   3. flush_dirty(): one write() per connection that has new output.
+ *   3. flush_dirty(): one write() per connection that has new output
+ *      (with a ring, all of them in one batch: IO BATCHES).
  *   4. reap(): free the connections that died during the pass.
  *   5. kv_poll_after(): the pass is over for the adaptive polling.
  *   The loop blocks only when nothing is held, nothing is dirty and
@@ -115,6 +118,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,6 +137,7 @@
 #include "kv_listen.h"
 #include "kv_log.h"
 #include "kv_poll.h"
+#include "kv_ring.h"
 #include "kv_rpc.h"
 #include "kv_sd.h"
 #include "kv_syncer.h"
@@ -150,6 +155,11 @@
 #define VAL_KEEP (1024u * 1024u)          /* value buffer kept across requests */
 #define MWAIT_IN_CAP (256u * 1024u)       /* input read while a Merge waits */
 #define PREFETCH_MAX 32                   /* frames looked ahead (conn_prefetch) */
+#define RING_SLICE (16u * 1024u)          /* a batched read's buffer (IO BATCHES) */
+#define RING_IOV 16                       /* iovecs of a batched write */
+_Static_assert(sizeof(struct evbuffer_iovec) == sizeof(struct iovec) &&
+		       offsetof(struct evbuffer_iovec, iov_len) == offsetof(struct iovec, iov_len),
+	       "evbuffer_peek fills what sendmsg reads");
 
 struct held_rec {
 	uint64_t id;
@@ -182,6 +192,7 @@ struct kv_conn {
 	unsigned reading : 1, writing : 1; /* rev / wev added */
 	unsigned eof : 1, paused : 1, holding : 1, wblocked : 1;
 	unsigned in_hold : 1, in_dirty : 1, in_ready : 1;
+	unsigned ring_read : 1; /* read_cb left its read to ring_reads() */
 };
 
 struct conn_vec {
@@ -213,6 +224,12 @@ struct kv_server {
 	struct conn_vec hold, hold_spare, dirty, dirty_spare, dead, dead_spare, ready, ready_spare;
 	struct kv_syncer *syncer; /* the sync thread; NULL: fdatasync in the loop */
 	struct kv_poll poll;      /* polling before the loop sleeps (kv_poll.h) */
+	kv_ring *ring;            /* batched reads and writes; NULL: one call each */
+	unsigned char *ring_buf;  /* KV_RING_MAX slices of RING_SLICE */
+	struct kv_conn *ring_conn[KV_RING_MAX];
+	int ring_res[KV_RING_MAX];
+	size_t ring_len[KV_RING_MAX]; /* bytes a batched write offered */
+	struct iovec ring_iov[KV_RING_MAX][RING_IOV];
 	struct event *syncer_ev;  /* its eventfd: a run finished */
 	uint64_t commit_seq;      /* number of the group now being gathered */
 	uint64_t last_job;        /* highest commit handed to the sync thread */
@@ -261,6 +278,7 @@ void kv_server_config_init(struct kv_server_config *cfg)
 	cfg->write_timeout_ms = 60000;
 	cfg->shutdown_timeout_ms = 2000;
 	cfg->poll_us = KV_POLL_US_DEFAULT;
+	cfg->io_uring = 1;
 	cfg->listen_fd = -1;
 	kv_jobs_config_init(&cfg->merge);
 }
@@ -812,29 +830,24 @@ static int conn_read(struct kv_conn *c)
 	return got > 0;
 }
 
-/* Write out (one writev), then resume a paused connection or a Scan. */
-static void conn_flush(struct kv_conn *c)
+/* After a write of out (drained already) that returned n, err being its
+ * errno when n < 0 (n = 0, err = 0: nothing was written, nothing was due):
+ * note a blocked socket, then resume a paused connection or a Scan. */
+static void conn_wrote(struct kv_conn *c, int n, int err)
 {
 	if (c->state == CONN_DEAD)
 		return;
-	size_t len = evbuffer_get_length(c->out);
-	if (len > 0) {
-		int n = evbuffer_write(c->out, c->fd);
-		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-			conn_kill(c, errno == EPIPE || errno == ECONNRESET ? KV_LOG_DEBUG : KV_LOG_INFO,
-				  "write: %s", strerror(errno));
-			return;
-		}
-		size_t left = evbuffer_get_length(c->out);
-		c->wblocked = left > 0;
-		if (left == 0)
-			c->stall_since = 0;
-		else if (n > 0 || !c->stall_since)
-			c->stall_since = mono_ms();
-	} else {
-		c->wblocked = 0;
-		c->stall_since = 0;
+	if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+		conn_kill(c, err == EPIPE || err == ECONNRESET ? KV_LOG_DEBUG : KV_LOG_INFO,
+			  "write: %s", strerror(err));
+		return;
 	}
+	size_t left = evbuffer_get_length(c->out);
+	c->wblocked = left > 0;
+	if (left == 0)
+		c->stall_since = 0;
+	else if (n > 0 || !c->stall_since)
+		c->stall_since = mono_ms();
 	if (c->state == CONN_DRAINING) {
 		if (!c->holding && evbuffer_get_length(c->out) == 0) {
 			conn_kill(c, KV_LOG_DEBUG, NULL);
@@ -856,6 +869,187 @@ static void conn_flush(struct kv_conn *c)
 		conn_update_events(c);
 }
 
+/* Write out (one writev), then as conn_wrote(). */
+static void conn_flush(struct kv_conn *c)
+{
+	if (c->state == CONN_DEAD)
+		return;
+	int n = 0, err = 0;
+	if (evbuffer_get_length(c->out) > 0) {
+		n = evbuffer_write(c->out, c->fd);
+		err = n < 0 ? errno : 0;
+	}
+	conn_wrote(c, n, err);
+}
+
+/* ---- IO BATCHES --------------------------------------------------------------
+ * With a ring (kv_ring.h), read_cb() only marks a connection, and
+ * ring_reads() reads every marked connection of the pass in one
+ * io_uring_enter, into a slice of ring_buf each (then copied into in, as
+ * conn_read() does from rbuf); flush_dirty() writes every connection with
+ * output in one. A slice that comes back full, or a frame whose missing
+ * part is larger than a slice, is read by conn_read() as without a ring.
+ * A batch of one goes the plain way (one system call either way). If the
+ * ring fails, it is closed and the loop goes on with plain calls
+ * (ring_give_up()): every operation it did not finish is redone.
+ */
+static void ring_give_up(struct kv_server *s, int rc)
+{
+	kv_log_warn("io_uring failed (%s): one system call per read and write from now on",
+		    strerror(-rc));
+	kv_ring_close(s->ring);
+	s->ring = NULL;
+	s->ctr.io_uring = 0;
+}
+
+static void ring_count(struct kv_server *s, unsigned ops, int rc)
+{
+	if (rc >= 0) {
+		s->ctr.io_batches++;
+		s->ctr.io_batched_ops += ops;
+	}
+}
+
+static void ring_note(void *arg, uint64_t tag, int res)
+{
+	struct kv_server *s = arg;
+	s->ring_res[tag] = res;
+}
+
+/* Can the next read of c go into a ring slice? Not in the middle of a
+ * frame larger than one: conn_read() reads that straight into in. */
+static int ring_read_fits(struct kv_conn *c)
+{
+	uint32_t blen = 0;
+	size_t have = evbuffer_get_length(c->in);
+	if (have >= 4 && kv_frame_peek(c->in, &blen) == KV_FRAME_NEED_MORE &&
+	    4 + (size_t)blen - have > RING_SLICE)
+		return 0;
+	return 1;
+}
+
+/* The result of a batched read of c into buf (as conn_read()'s loop body). */
+static void ring_read_done(struct kv_conn *c, const unsigned char *buf, int res)
+{
+	if (c->state != CONN_OPEN)
+		return;
+	if (res == -ECANCELED) { /* the ring failed: read the plain way */
+		(void)conn_read(c);
+		return;
+	}
+	if (res == -EAGAIN || res == -EWOULDBLOCK || res == -EINTR)
+		return;
+	if (res < 0) {
+		conn_kill(c, res == -ECONNRESET ? KV_LOG_DEBUG : KV_LOG_INFO, "read: %s",
+			  strerror(-res));
+		return;
+	}
+	if (res == 0) {
+		c->eof = 1;
+		return;
+	}
+	if (evbuffer_add(c->in, buf, (size_t)res) != 0) {
+		conn_kill(c, KV_LOG_WARN, "out of memory reading a request");
+		return;
+	}
+	if ((size_t)res == RING_SLICE)
+		(void)conn_read(c); /* the socket may hold more */
+}
+
+/* Read the connections read_cb() marked, KV_RING_MAX per system call. */
+static void ring_reads(struct kv_server *s)
+{
+	size_t i = 0, marked = 0;
+	for (size_t k = 0; k < s->ready.n; k++)
+		marked += s->ready.v[k]->ring_read;
+	while (i < s->ready.n) {
+		unsigned q = 0;
+		for (; i < s->ready.n && q < KV_RING_MAX; i++) {
+			struct kv_conn *c = s->ready.v[i];
+			if (!c->ring_read)
+				continue;
+			c->ring_read = 0;
+			if (c->state != CONN_OPEN)
+				continue;
+			if (marked < 2 || !s->ring) { /* one read: the plain call is as cheap */
+				(void)conn_read(c);
+				continue;
+			}
+			s->ring_conn[q] = c;
+			s->ring_res[q] = -ECANCELED;
+			if (kv_ring_recv(s->ring, c->fd, s->ring_buf + (size_t)q * RING_SLICE,
+					 RING_SLICE, q) < 0) {
+				(void)conn_read(c);
+				continue;
+			}
+			q++;
+		}
+		if (q == 0)
+			continue;
+		int rc = kv_ring_run(s->ring, ring_note, s);
+		ring_count(s, q, rc);
+		for (unsigned k = 0; k < q; k++)
+			ring_read_done(s->ring_conn[k], s->ring_buf + (size_t)k * RING_SLICE,
+				       s->ring_res[k]);
+		if (rc < 0)
+			ring_give_up(s, rc);
+	}
+}
+
+/* flush_dirty() with a ring: the writes of up to KV_RING_MAX connections
+ * per system call, then what conn_flush() does after its write. */
+static void ring_writes(struct kv_server *s, struct conn_vec *work)
+{
+	size_t i = 0;
+	while (i < work->n) {
+		unsigned q = 0;
+		for (; i < work->n && q < KV_RING_MAX; i++) {
+			struct kv_conn *c = work->v[i];
+			c->in_dirty = 0;
+			if (c->state == CONN_DEAD || c->wblocked)
+				continue;
+			if (!s->ring || evbuffer_get_length(c->out) == 0) {
+				conn_flush(c);
+				continue;
+			}
+			int n = evbuffer_peek(c->out, -1, NULL, (struct evbuffer_iovec *)s->ring_iov[q],
+					      RING_IOV);
+			if (n > RING_IOV)
+				n = RING_IOV;
+			s->ring_len[q] = 0;
+			for (int k = 0; k < n; k++)
+				s->ring_len[q] += s->ring_iov[q][k].iov_len;
+			s->ring_conn[q] = c;
+			s->ring_res[q] = -ECANCELED;
+			if (kv_ring_send(s->ring, c->fd, s->ring_iov[q], n, q) < 0) {
+				conn_flush(c);
+				continue;
+			}
+			q++;
+		}
+		if (q == 0)
+			continue;
+		int rc = kv_ring_run(s->ring, ring_note, s);
+		ring_count(s, q, rc);
+		for (unsigned k = 0; k < q; k++) {
+			struct kv_conn *c = s->ring_conn[k];
+			int res = s->ring_res[k];
+			if (res == -ECANCELED) {
+				conn_flush(c);
+				continue;
+			}
+			if (res > 0)
+				evbuffer_drain(c->out, (size_t)res);
+			if (res > 0 && (size_t)res == s->ring_len[k] && evbuffer_get_length(c->out) > 0)
+				conn_flush(c); /* more than RING_IOV pieces: the rest */
+			else
+				conn_wrote(c, res < 0 ? -1 : res, res < 0 ? -res : 0);
+		}
+		if (rc < 0)
+			ring_give_up(s, rc);
+	}
+}
+
 /* Read, then leave the executing to pump_ready(), after every read
  * callback of this pass (see PREFETCHING). */
 static void read_cb(evutil_socket_t fd, short what, void *arg)
@@ -865,7 +1059,9 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (c->state != CONN_OPEN)
 		return;
-	if (conn_read(c) < 0)
+	if (c->srv->ring && ring_read_fits(c))
+		c->ring_read = 1; /* read by ring_reads(), with the others of this pass */
+	else if (conn_read(c) < 0)
 		return;
 	if (!c->in_ready) {
 		c->in_ready = 1;
@@ -879,6 +1075,7 @@ static void pump_ready(struct kv_server *s)
 {
 	struct pf_key k[PREFETCH_MAX * 2];
 	unsigned n = 0;
+	ring_reads(s);
 	struct conn_vec work = s->ready;
 	s->ready = s->ready_spare;
 	for (size_t i = 0; i < work.n && n < PREFETCH_MAX * 2; i++) {
@@ -1227,11 +1424,15 @@ static void flush_dirty(struct kv_server *s)
 {
 	struct conn_vec work = s->dirty;
 	s->dirty = s->dirty_spare;
-	for (size_t i = 0; i < work.n; i++) {
-		struct kv_conn *c = work.v[i];
-		c->in_dirty = 0;
-		if (c->state != CONN_DEAD && !c->wblocked)
-			conn_flush(c);
+	if (s->ring && work.n > 1) { /* IO BATCHES */
+		ring_writes(s, &work);
+	} else {
+		for (size_t i = 0; i < work.n; i++) {
+			struct kv_conn *c = work.v[i];
+			c->in_dirty = 0;
+			if (c->state != CONN_DEAD && !c->wblocked)
+				conn_flush(c);
+		}
 	}
 	work.n = 0;
 	s->dirty_spare = work;
@@ -1474,6 +1675,18 @@ int kv_server_create(const struct kv_server_config *cfg, kv_engine *engine,
 			 cfg->sync_interval_ms);
 	s->ctr.start_ms = mono_ms();
 	kv_poll_init(&s->poll, (uint64_t)cfg->poll_us * 1000u);
+	if (cfg->io_uring) {
+		int rrc = kv_ring_open(&s->ring);
+		if (rrc == 0 && !(s->ring_buf = malloc((size_t)KV_RING_MAX * RING_SLICE)))
+			rrc = -ENOMEM;
+		if (rrc < 0) {
+			kv_ring_close(s->ring);
+			s->ring = NULL;
+			kv_log_info("io_uring not available (%s): one system call per read and write",
+				    strerror(-rrc));
+		}
+		s->ctr.io_uring = s->ring != NULL;
+	}
 	s->ctr.poll = &s->poll;
 	s->ctr.sync_mode = s->sync_mode_str;
 	s->rpc.engine = engine;
@@ -1662,6 +1875,8 @@ void kv_server_free(struct kv_server *s)
 		event_base_free(s->base);
 	kv_arena_free(&s->arena);
 	kv_buf_free(&s->val);
+	kv_ring_close(s->ring);
+	free(s->ring_buf);
 	free(s->hold.v);
 	free(s->hold_spare.v);
 	free(s->dirty.v);

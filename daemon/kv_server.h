@@ -48,6 +48,8 @@ struct kv_server_config {
 	unsigned shutdown_timeout_ms; /* SIGTERM: bound on delivering queued replies */
 	unsigned poll_us;            /* bound of the adaptive poll before the loop
 	                                sleeps (kv_poll.h); 0 = always sleep */
+	int io_uring;                /* batch socket reads and writes through
+	                                io_uring when the kernel allows (kv_ring.h) */
 	const struct kv_acl *acl;    /* copied; NULL or empty = no peer check */
 	struct kv_jobs_config merge; /* merge triggers */
 	uint64_t watchdog_usec;      /* > 0: WATCHDOG=1 every half of it */

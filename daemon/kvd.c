@@ -87,6 +87,9 @@ static const char usage_text[] =
 	"  --poll-us US              once idle, poll up to US microseconds for the next\n"
 	"                            request before sleeping; adapts to the clients,\n"
 	"                            0 = never poll (default " STR(KV_POLL_US_DEFAULT) ")\n"
+	"  --io-uring yes|no         batch the reads and writes of a pass into one\n"
+	"                            system call with io_uring, when the kernel allows\n"
+	"                            (default yes)\n"
 	"  --allow-uids LIST         only these uids/users may connect (comma-separated;\n"
 	"                            default: anyone the socket mode lets in)\n"
 	"  --allow-gids LIST         ... or members of these gids/groups\n"
@@ -118,6 +121,7 @@ enum key_id {
 	K_MERGE_RATE,
 	K_MERGE_PRIO,
 	K_POLL,
+	K_IO_URING,
 	K_ALLOW_UIDS,
 	K_ALLOW_GIDS,
 	NKEYS
@@ -145,6 +149,7 @@ static const struct key {
 	[K_MERGE_RATE] = { "merge-rate-limit", 1, 0 },
 	[K_MERGE_PRIO] = { "merge-priority", 1, 0 },
 	[K_POLL] = { "poll-us", 1, 0 },
+	[K_IO_URING] = { "io-uring", 0, 0 },
 	[K_ALLOW_UIDS] = { "allow-uids", 1, 0 },
 	[K_ALLOW_GIDS] = { "allow-gids", 1, 0 },
 };
@@ -404,6 +409,16 @@ static int set_key(struct conf *c, int k, const char *v, char *why, size_t n)
 		}
 		c->srv.poll_us = (unsigned)ul;
 		return 0;
+	case K_IO_URING:
+		if (strcmp(v, "yes") == 0) {
+			c->srv.io_uring = 1;
+		} else if (strcmp(v, "no") == 0) {
+			c->srv.io_uring = 0;
+		} else {
+			snprintf(why, n, "want yes or no");
+			return -1;
+		}
+		return 0;
 	case K_ALLOW_UIDS:
 	case K_ALLOW_GIDS: {
 		char e[200];
@@ -486,6 +501,9 @@ static void show_key(const struct conf *c, int k, char *buf, size_t n)
 		return;
 	case K_POLL:
 		snprintf(buf, n, "%u", s->poll_us);
+		return;
+	case K_IO_URING:
+		snprintf(buf, n, "%s", s->io_uring ? "yes" : "no");
 		return;
 	case K_ALLOW_UIDS:
 		snprintf(buf, n, "%s", c->allow_uids);

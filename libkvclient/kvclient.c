@@ -1180,6 +1180,9 @@ KVC_API int kvc_stats(kvc_client *c, struct kvc_stats **out)
 	s->poll_hits = r->poll_hits;
 	s->poll_misses = r->poll_misses;
 	s->poll_window_us = r->poll_window_us;
+	s->io_uring = r->io_uring;
+	s->io_batches = r->io_batches;
+	s->io_batched_ops = r->io_batched_ops;
 	s->merges = r->merges;
 	s->merge_last_ms = r->merge_last_ms;
 	s->merge_reclaimed_bytes = r->merge_reclaimed_bytes;

@@ -234,6 +234,11 @@ struct kvc_stats {
 	uint64_t poll_hits;
 	uint64_t poll_misses;
 	uint64_t poll_window_us;
+	/* kvd's batched I/O (kvd --io-uring): on now, io_uring submissions,
+	 * the socket reads and writes they carried. */
+	int io_uring;
+	uint64_t io_batches;
+	uint64_t io_batched_ops;
 };
 /* On KVC_OK *out is owned by the caller, freed with kvc_stats_free();
  * NULL on failure. */

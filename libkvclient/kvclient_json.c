@@ -179,6 +179,9 @@ KVC_API int kvc_stats_json(const struct kvc_stats *s, char **json, size_t *len)
 	sb_u64(&b, "poll_hits", s->poll_hits);
 	sb_u64(&b, "poll_misses", s->poll_misses);
 	sb_u64(&b, "poll_window_us", s->poll_window_us);
+	sb_bool(&b, "io_uring", s->io_uring);
+	sb_u64(&b, "io_batches", s->io_batches);
+	sb_u64(&b, "io_batched_ops", s->io_batched_ops);
 	sb_str(&b, "merge_state", s->merge_state);
 	sb_u64(&b, "merges", s->merges);
 	sb_u64(&b, "merge_last_ms", s->merge_last_ms);

@@ -643,6 +643,8 @@ static void test_config_errors(void **state)
 	expect_exit(c, prio, 2, "bad --merge-priority 'high': want idle or low");
 	const char *poll[] = { "--poll-us", "20000", NULL };
 	expect_exit(c, poll, 2, "bad --poll-us '20000': want microseconds, 0..10000 (0 = never poll)");
+	const char *uring[] = { "--io-uring", "maybe", NULL };
+	expect_exit(c, uring, 2, "bad --io-uring 'maybe': want yes or no");
 	const char *uids[] = { "--allow-gids", "no_such_group_kvd", NULL };
 	expect_exit(c, uids, 2, "no group named 'no_such_group_kvd'");
 }
@@ -717,7 +719,7 @@ static void test_config_example(void **state)
 		"data-dir",	    "socket",		    "socket-mode",	    "sync",
 		"max-segment-size", "max-connections",	    "log-level",	    "repair",
 		"frame-timeout-ms", "write-timeout-ms",	    "merge-auto",	    "merge-min-dead-ratio",
-		"merge-min-dead-bytes", "merge-check-interval-ms", "merge-rate-limit", "merge-priority", "poll-us", "allow-uids",	    "allow-gids",
+		"merge-min-dead-bytes", "merge-check-interval-ms", "merge-rate-limit", "merge-priority", "poll-us", "io-uring", "allow-uids",	    "allow-gids",
 	};
 	struct ctx *c = *state;
 	assert_int_equal(kvtd_init(&c->d, "confex"), 0);
