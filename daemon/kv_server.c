@@ -902,18 +902,23 @@ static void ring_give_up(struct kv_server *s, int rc)
 	s->ctr.io_uring = 0;
 }
 
-static void ring_count(struct kv_server *s, unsigned ops, int rc)
-{
-	if (rc >= 0) {
-		s->ctr.io_batches++;
-		s->ctr.io_batched_ops += ops;
-	}
-}
-
 static void ring_note(void *arg, uint64_t tag, int res)
 {
 	struct kv_server *s = arg;
 	s->ring_res[tag] = res;
+}
+
+/* Run the q queued operations: their results land in ring_res (-ECANCELED:
+ * not done, to redo the plain way; the ring is then given up). */
+static void ring_run(struct kv_server *s, unsigned q)
+{
+	int rc = kv_ring_run(s->ring, ring_note, s);
+	if (rc < 0) {
+		ring_give_up(s, rc);
+		return;
+	}
+	s->ctr.io_batches++;
+	s->ctr.io_batched_ops += q;
 }
 
 /* Can the next read of c go into a ring slice? Not in the middle of a
@@ -986,13 +991,10 @@ static void ring_reads(struct kv_server *s)
 		}
 		if (q == 0)
 			continue;
-		int rc = kv_ring_run(s->ring, ring_note, s);
-		ring_count(s, q, rc);
+		ring_run(s, q);
 		for (unsigned k = 0; k < q; k++)
 			ring_read_done(s->ring_conn[k], s->ring_buf + (size_t)k * RING_SLICE,
 				       s->ring_res[k]);
-		if (rc < 0)
-			ring_give_up(s, rc);
 	}
 }
 
@@ -1029,8 +1031,7 @@ static void ring_writes(struct kv_server *s, struct conn_vec *work)
 		}
 		if (q == 0)
 			continue;
-		int rc = kv_ring_run(s->ring, ring_note, s);
-		ring_count(s, q, rc);
+		ring_run(s, q);
 		for (unsigned k = 0; k < q; k++) {
 			struct kv_conn *c = s->ring_conn[k];
 			int res = s->ring_res[k];
@@ -1045,8 +1046,6 @@ static void ring_writes(struct kv_server *s, struct conn_vec *work)
 			else
 				conn_wrote(c, res < 0 ? -1 : res, res < 0 ? -res : 0);
 		}
-		if (rc < 0)
-			ring_give_up(s, rc);
 	}
 }
 
