@@ -888,10 +888,13 @@ static void conn_flush(struct kv_conn *c)
  * io_uring_enter, into a slice of ring_buf each (then copied into in, as
  * conn_read() does from rbuf); flush_dirty() writes every connection with
  * output in one. A slice that comes back full, or a frame whose missing
- * part is larger than a slice, is read by conn_read() as without a ring.
+ * part is larger than a slice, is read by conn_read() as without a ring;
+ * a write of more than RING_IOV pieces writes the rest with conn_flush().
  * A batch of one goes the plain way (one system call either way). If the
  * ring fails, it is closed and the loop goes on with plain calls
  * (ring_give_up()): every operation it did not finish is redone.
+ * 64 connections per system call (KV_RING_MAX); ring_buf is 1 MiB,
+ * allocated once, touched only as far as reads fill it.
  */
 static void ring_give_up(struct kv_server *s, int rc)
 {

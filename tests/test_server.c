@@ -1436,6 +1436,48 @@ static void test_scan_stream(void **state)
 	ping_ok(fd, 8);
 }
 
+/* Two Scans streaming at once: both connections have megabytes queued in
+ * many pieces, so the loop's batched writes (more than RING_IOV pieces per
+ * connection, partial sends, full sockets) carry them; every frame must
+ * arrive whole and every key once per stream. */
+static void test_concurrent_scans(void **state)
+{
+	struct ctx *c = *state;
+	start(c, "scan2", NULL);
+	int fa = kvt_conn(&c->conns, c->d.sock);
+	int fb = kvt_conn(&c->conns, c->d.sock);
+	enum { N = 3000 };
+	size_t vl = 2048;
+	uint8_t *v = malloc(vl);
+	memset(v, 'z', vl);
+	char k[32];
+	struct kvt_buf b = { 0 };
+	for (int i = 0; i < N; i++) {
+		snprintf(k, sizeof k, "z/%05d", i);
+		buf_put(&b, (uint64_t)i + 1, k, strlen(k), v, vl, 0, 0);
+	}
+	free(v);
+	send_buf(fa, &b);
+	for (int i = 0; i < N; i++) {
+		Kv__Envelope *e = recv_ok(fa);
+		assert_int_equal(e->status_code, ST_OK);
+		kv__envelope__free_unpacked(e, NULL);
+	}
+	Kv__ScanRequest rq = KV__SCAN_REQUEST__INIT;
+	rq.prefix.data = (uint8_t *)"z/";
+	rq.prefix.len = 2;
+	assert_int_equal(kvt_send(fa, 71, "Scan", &rq.base), 0);
+	assert_int_equal(kvt_send(fb, 72, "Scan", &rq.base), 0);
+	kvt_sleep_ms(200); /* both fill their sockets and pause */
+	size_t na = 0, nb = 0, ma = 0, mb = 0;
+	assert_int_equal(scan_collect(fa, 71, &na, &ma, NULL, 0, 1), ST_OK);
+	assert_int_equal(scan_collect(fb, 72, &nb, &mb, NULL, 0, 1), ST_OK);
+	assert_int_equal(na, N);
+	assert_int_equal(nb, N);
+	ping_ok(fa, 73);
+	ping_ok(fb, 74);
+}
+
 /* kvd's CPU time so far (utime + stime), in clock ticks; -1 on failure. */
 static long cpu_ticks(pid_t pid)
 {
@@ -1583,6 +1625,8 @@ int main(void)
 		T(test_poll_single_client),
 		T(test_poll_off),
 		T(test_ring_failure_fallback),
+		T(test_concurrent_scans),
+		T_PLAIN(test_concurrent_scans),
 		T_PLAIN(test_max_value),
 		T_PLAIN(test_pipeline_10k),
 		T_PLAIN(test_100_clients),
